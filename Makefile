@@ -1,0 +1,36 @@
+# Every target installs what it needs itself (scripts/setup.sh is a no-op when .venv is current).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export STUDIO_WORKSPACE ?= $(CURDIR)/Generative_Studio_Workspace
+
+.PHONY: setup up demo test lint download-models build-flux up-with-flux web
+
+setup:
+	@bash scripts/setup.sh
+
+web: setup
+	@bash scripts/setup_web.sh
+
+up: setup web
+	@$(PY) -m scripts.stack
+
+demo: setup web
+	@$(PY) -m scripts.stack --demo
+
+test: setup web
+	@$(PY) -m ruff check .
+	@$(PY) -m pytest
+
+lint: setup
+	@$(PY) -m ruff check .
+
+download-models: setup
+	@$(PY) scripts/download_models.py
+
+# No Docker engine on the dev machines: these need one.
+build-flux:
+	docker compose -f docker-compose.flux.yml build
+
+up-with-flux:
+	docker compose -f docker-compose.yml -f docker-compose.flux.yml up -d

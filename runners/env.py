@@ -1,0 +1,68 @@
+"""A take as the runner's env-var contract (ARCHITECTURE.md), for every strategy alike.
+
+All three strategies hand the runner the same variables; only the transport differs
+(a function call, a child process, a container).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+from studio.jobs import TakeJob
+from studio.tiers import TIERS
+
+CONTAINER_WORKSPACE = PurePosixPath("/workspace")
+
+
+def models_root(workspace_root: Path) -> Path:
+    """Where model folders live; `STUDIO_MODELS_ROOT` lets the demo keep its tiny model apart."""
+    override = os.environ.get("STUDIO_MODELS_ROOT")
+    return Path(override) if override else workspace_root / "Library" / "AI_Models"
+
+
+def model_dir(workspace_root: Path, pipeline_id: str) -> Path:
+    tier = next(t for t in TIERS.values() if t.pipeline_id == pipeline_id)
+    return models_root(workspace_root) / "flux" / tier.variant
+
+
+def runner_env(
+    job: TakeJob,
+    *,
+    workspace_root: Path,
+    project_dir: Path,
+    preview_path: Path | None = None,
+    in_container: bool = False,
+) -> dict[str, str]:
+    """The env for one take. Paths are host paths, or /workspace/... when `in_container`."""
+    workspace_root = workspace_root.resolve()
+    output = (project_dir / job.output_path).resolve()
+    mdir = model_dir(workspace_root, job.pipeline_id).resolve()
+
+    def place(path: Path) -> str:
+        if not in_container:
+            return str(path)
+        # Everything the container touches must lie on the workspace volume.
+        return str(CONTAINER_WORKSPACE / path.relative_to(workspace_root).as_posix())
+
+    p = job.params
+    env = {
+        "PROMPT": p.prompt,
+        "NEGATIVE_PROMPT": p.negative_prompt,
+        "SEED": str(p.seed),
+        "CFG_SCALE": repr(p.cfg_scale),
+        "STEPS": str(p.steps),
+        "WIDTH": str(p.width),
+        "HEIGHT": str(p.height),
+        "OUTPUT_PATH": place(output),
+        "QUALITY": job.quality_used.value,
+        "PIPELINE_ID": job.pipeline_id,
+        "MODEL_DIR": place(mdir),
+        "STUDIO_WORKSPACE": str(CONTAINER_WORKSPACE) if in_container else str(workspace_root),
+    }
+    if preview_path is not None:
+        env["PREVIEW_PATH"] = place(preview_path.resolve())
+    if p.loras:
+        env["LORAS"] = json.dumps([lora.model_dump() for lora in p.loras])
+    return env

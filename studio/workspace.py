@@ -1,0 +1,85 @@
+"""The workspace on disk: where projects, renders and models live, and the one safe-path rule."""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from pathlib import Path, PurePosixPath
+
+ENV_VAR = "STUDIO_WORKSPACE"
+DEFAULT_ROOT = "Generative_Studio_Workspace"
+PROJECTS = "Projects"
+MODELS = "Library/AI_Models"
+RENDERS = "03_Renders"
+# Created in every new project; numbered so they sort in production order.
+PROJECT_FOLDERS = ("01_Assets", "02_Scripts", RENDERS, "04_Exports")
+MANIFEST = "project.json"
+
+PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class PathEscapeError(ValueError):
+    """A relative path that would reach outside its folder."""
+
+
+def check_relative(rel: str) -> PurePosixPath:
+    """The lexical half of `safe_path`: a relative POSIX path with no `..` and no absolute root.
+
+    Used where there is no disk to look at (validating a manifest); `safe_path` adds symlinks.
+    """
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        raise PathEscapeError(f"{rel!r} is not a usable relative path")
+    if "\\" in rel:
+        raise PathEscapeError(f"{rel!r}: paths use '/' (POSIX style), not '\\'")
+    path = PurePosixPath(rel)
+    if path.is_absolute():
+        raise PathEscapeError(f"{rel!r} is absolute; paths must be relative to the project")
+    if ".." in path.parts:
+        raise PathEscapeError(f"{rel!r} contains '..'; paths may not leave the project")
+    return path
+
+
+def safe_path(project_dir: Path, rel: str) -> Path:
+    """Resolve a relative path from a manifest or a client inside `project_dir`, or refuse it.
+
+    Refuses `..`, absolute paths, and symlinks (anywhere along the path) that lead outside.
+    Works the same for any base folder, e.g. the workspace root for LoRA paths.
+    """
+    base = Path(project_dir).resolve()
+    resolved = (base / check_relative(rel)).resolve()
+    if not resolved.is_relative_to(base):
+        raise PathEscapeError(f"{rel!r} leads outside {base} through a symlink (to {resolved})")
+    return resolved
+
+
+def slugify(name: str) -> str:
+    """A project id from its name: "Project Odyssey" -> "Project_Odyssey"."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_name).strip("_-")[:64].rstrip("_-")
+    if not slug:
+        raise ValueError(f"project name {name!r} has no letters or digits to make an id from")
+    return slug
+
+
+class Workspace:
+    """`STUDIO_WORKSPACE` (default ./Generative_Studio_Workspace) and its fixed layout."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root or os.environ.get(ENV_VAR) or DEFAULT_ROOT).absolute()
+
+    @property
+    def projects_dir(self) -> Path:
+        return self.root / PROJECTS
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / MODELS
+
+    def ensure(self) -> None:
+        """Create the workspace's fixed folders (idempotent)."""
+        self.projects_dir.mkdir(parents=True, exist_ok=True)
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
