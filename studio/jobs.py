@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from studio.tiers import Quality
+from studio.tiers import TIERS, Quality
+
+if TYPE_CHECKING:
+    from studio.store import ProjectStore
 
 
 class LoraRef(BaseModel):
     """A character's or style's LoRA, as the runner needs it."""
 
-    path: str = Field(description="relative to the workspace root, e.g. Library/LoRAs/alex.safetensors")
+    path: str = Field(
+        description="relative to the workspace root, e.g. Library/LoRAs/alex.safetensors"
+    )
     weight: float = 1.0
     trigger_words: list[str] = []
     style_prompt: str = ""
@@ -35,8 +40,54 @@ class TakeJob(BaseModel):
     node_id: str
     take_id: str
     take_number: int
-    output_path: str = Field(description="relative to the project folder; reserved by the dispatcher")
+    output_path: str = Field(
+        description="relative to the project folder; reserved by the dispatcher"
+    )
     quality_requested: Quality
     quality_used: Quality
     pipeline_id: str
     params: GenerationParams
+
+
+def prepare_take(
+    store: ProjectStore,
+    project_id: str,
+    node_id: str,
+    *,
+    quality_requested: Quality,
+    quality_used: Quality,
+    seed: int | None = None,
+) -> TakeJob:
+    """Resolves a Text-to-Image node and reserves its next take: the job a tier task runs.
+
+    The output path comes from the take allocation, never from a client.
+    """
+    # Imported here: graph and takes build on the models above.
+    from studio.graph import fingerprint, resolve_inputs, to_generation_params
+    from studio.takes import reserve_take
+
+    project = store.load(project_id)
+    resolved = resolve_inputs(project, node_id)
+    params = to_generation_params(resolved, seed)
+    tier = TIERS[Quality(quality_used)]
+    take = reserve_take(
+        store,
+        project_id,
+        node_id,
+        quality_requested=Quality(quality_requested),
+        quality_used=Quality(quality_used),
+        pipeline_id=tier.pipeline_id,
+        params=params.model_dump(),
+        fingerprint=fingerprint(project, node_id),
+    )
+    return TakeJob(
+        project_id=project_id,
+        node_id=node_id,
+        take_id=take.id,
+        take_number=take.number,
+        output_path=take.path,
+        quality_requested=Quality(quality_requested),
+        quality_used=Quality(quality_used),
+        pipeline_id=tier.pipeline_id,
+        params=params,
+    )

@@ -35,7 +35,7 @@ class SocketSpec(BaseModel):
         None, description="the parameter this input overrides when an edge is connected to it"
     )
     asset_kind: AssetKind | None = Field(
-        None, description="for an AssetReference input: the kind of asset it accepts"
+        None, description="AssetReference sockets: the kind of asset carried (or accepted)"
     )
 
 
@@ -81,7 +81,7 @@ class TextToImageParams(ParamsBase):
     prompt: str = Field("", description="positive prompt (on the node and in the inspector)")
     negative_prompt: str = ""
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: a random seed per take")
-    randomize_seed: bool = Field(False, description="draw a new seed per take, keeping `seed` shown")
+    randomize_seed: bool = Field(False, description="a new seed per take, `seed` kept for later")
     steps: int = Field(28, ge=1, le=100)
     cfg_scale: float = Field(3.5, ge=0, le=20, allow_inf_nan=False)
     preset: AspectPreset = Field("1:1", description="aspect preset, or 'custom' for width/height")
@@ -188,7 +188,9 @@ class NodeType:
             "title": cls.title,
             "category": cls.category,
             "inputs": [s.model_dump(mode="json") for s in cls.inputs],
-            "outputs": [s.model_dump(mode="json", include={"name", "type"}) for s in cls.outputs],
+            "outputs": [
+                s.model_dump(mode="json", exclude={"optional", "param"}) for s in cls.outputs
+            ],
             "params": cls.params_model.model_json_schema(),
             "on_node": list(cls.on_node),
             "has_takes": cls.has_takes,
@@ -264,10 +266,9 @@ class BooleanNode(_Primitive):
 
 
 class _AssetNode(NodeType):
-    """Puts one of the project's assets on the canvas; its node type name is the asset kind."""
+    """Puts one of the project's assets on the canvas."""
 
     category = "asset"
-    outputs = (SocketSpec(name="asset", type=SocketType.AssetReference),)
     on_node = ("asset_id",)
 
     @classmethod
@@ -278,10 +279,12 @@ class _AssetNode(NodeType):
 class CharacterNode(_AssetNode):
     name = "character"
     title = "Character"
+    outputs = (SocketSpec(name="asset", type=SocketType.AssetReference, asset_kind="character"),)
     params_model = CharacterParams
 
 
 class StyleNode(_AssetNode):
     name = "style"
     title = "Style"
+    outputs = (SocketSpec(name="asset", type=SocketType.AssetReference, asset_kind="style"),)
     params_model = StyleParams

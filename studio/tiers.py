@@ -77,4 +77,5 @@ def tier_for_pipeline(pipeline_id: str) -> Tier:
     for tier in TIERS.values():
         if tier.pipeline_id == pipeline_id:
             return tier
-    raise KeyError(f"unknown pipeline id {pipeline_id!r}; known: {[t.pipeline_id for t in TIERS.values()]}")
+    known = [t.pipeline_id for t in TIERS.values()]
+    raise KeyError(f"unknown pipeline id {pipeline_id!r}; known: {known}")

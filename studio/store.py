@@ -1,0 +1,108 @@
+"""Projects in the workspace: create, list, load, and edit under the project's lock."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import count
+from pathlib import Path
+
+from studio.graph import GraphError, validate_project
+from studio.manifest import (
+    ManifestError,
+    Project,
+    load_project,
+    parse_project,
+    project_lock,
+    save_project,
+    write_project,
+)
+from studio.tiers import Quality
+from studio.workspace import MANIFEST, PROJECT_FOLDERS, PROJECT_ID_RE, Workspace, slugify
+
+log = logging.getLogger(__name__)
+
+
+class ProjectNotFound(LookupError):
+    pass
+
+
+class ProjectStore:
+    def __init__(self, workspace: Workspace | None = None) -> None:
+        self.workspace = workspace or Workspace()
+
+    def project_dir(self, project_id: str) -> Path:
+        # The id becomes a folder name, so only a slug may get that far.
+        if not PROJECT_ID_RE.fullmatch(project_id):
+            raise ProjectNotFound(f"{project_id!r} is not a project id (A-Z a-z 0-9 _ -, 1-64)")
+        return self.workspace.projects_dir / project_id
+
+    def manifest_path(self, project_id: str) -> Path:
+        return self.project_dir(project_id) / MANIFEST
+
+    def create(self, name: str, quality: Quality | str = Quality.standard) -> Project:
+        """A new, empty project with its numbered folders; its id is unique in the workspace."""
+        self.workspace.ensure()
+        base = slugify(name)
+        for n in count(1):
+            suffix = "" if n == 1 else f"_{n}"
+            project_id = base[: 64 - len(suffix)] + suffix
+            try:
+                self.project_dir(project_id).mkdir()  # atomic: two creators never share a folder
+                break
+            except FileExistsError:
+                continue
+        folder = self.project_dir(project_id)
+        for sub in PROJECT_FOLDERS:
+            (folder / sub).mkdir()
+        project = Project(id=project_id, name=name, quality=Quality(quality))
+        save_project(folder / MANIFEST, project)
+        return project
+
+    def list(self) -> list[Project]:
+        """Every readable project; an unreadable one is logged and left out."""
+        projects = []
+        if not self.workspace.projects_dir.is_dir():
+            return projects
+        for folder in sorted(self.workspace.projects_dir.iterdir()):
+            if (folder / MANIFEST).is_file():
+                try:
+                    projects.append(self.load(folder.name))
+                except (ManifestError, ProjectNotFound) as e:
+                    log.warning("skipping project %s: %s", folder.name, e)
+        return projects
+
+    def _existing_manifest(self, project_id: str) -> Path:
+        path = self.manifest_path(project_id)
+        if not path.is_file():
+            raise ProjectNotFound(f"no project {project_id!r} in {self.workspace.projects_dir}")
+        return path
+
+    def load(self, project_id: str) -> Project:
+        path = self._existing_manifest(project_id)
+        project = load_project(path)
+        if project.id != project_id:
+            raise ManifestError(
+                [f"id is {project.id!r} but the project's folder is {project_id!r}"], str(path)
+            )
+        return project
+
+    @contextmanager
+    def edit(self, project_id: str) -> Iterator[Project]:
+        """Lock, load, yield the project to change in place, validate, save atomically.
+
+        Nothing is saved if the body raises or the result is invalid (ManifestError/GraphError).
+        """
+        path = self._existing_manifest(project_id)
+        with project_lock(path):
+            project = self.load(project_id)
+            yield project
+            # Round-trip so in-place changes (e.g. a params dict) are validated like a load.
+            checked = parse_project(project.model_dump(mode="json"), str(path))
+            if checked.id != project_id:
+                raise ManifestError([f"a project's id cannot change ({project_id!r})"], str(path))
+            problems = validate_project(checked)
+            if problems:
+                raise GraphError(problems)
+            write_project(path, checked)

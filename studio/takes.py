@@ -1,0 +1,162 @@
+"""Takes: their deterministic names, and their life (reserve, start, complete or fail, select).
+
+Every change goes through `ProjectStore.edit`, so it happens under the project's lock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from studio.jobs import GenerationParams
+from studio.manifest import Node, Project, Shot, Take, TakeStatus, now
+from studio.store import ProjectStore
+from studio.tiers import Quality
+from studio.workspace import RENDERS, safe_path
+
+
+class TakeError(ValueError):
+    pass
+
+
+def take_filename(shot: Shot, number: int) -> str:
+    """SCENE_02/SHOT_015/v01, take 4 -> "SHOT-015_v01_take04.png"."""
+    return f"{shot.shot.replace('SHOT_', 'SHOT-')}_{shot.version}_take{number:02d}.png"
+
+
+def take_path(shot: Shot, number: int) -> str:
+    """Relative to the project: "03_Renders/SCENE_02/SHOT_015/SHOT-015_v01_take04.png"."""
+    return f"{RENDERS}/{shot.scene}/{shot.shot}/{take_filename(shot, number)}"
+
+
+def _node(project: Project, node_id: str) -> Node:
+    node = project.get_node(node_id)
+    if node is None:
+        raise TakeError(f"project {project.id} has no node {node_id!r}")
+    if node.shot is None:
+        raise TakeError(f"node {node_id} is a {node.node_type} node; it has no takes")
+    return node
+
+
+def _take(project: Project, node_id: str, take_id: str) -> tuple[Node, Take]:
+    node = _node(project, node_id)
+    take = node.get_take(take_id)
+    if take is None:
+        raise TakeError(f"node {node_id} has no take {take_id!r}")
+    return node, take
+
+
+def reserve_take(
+    store: ProjectStore,
+    project_id: str,
+    node_id: str,
+    *,
+    quality_requested: Quality | str,
+    quality_used: Quality | str,
+    pipeline_id: str,
+    params: GenerationParams | dict[str, Any],
+    fingerprint: str,
+) -> Take:
+    """Allocate the node's next take number and path and record the take as queued.
+
+    Under the lock the number is past every take in the manifest and skips any file already on
+    disk (e.g. left by a take the manifest lost), so no render is ever overwritten.
+    """
+    with store.edit(project_id) as project:
+        node = _node(project, node_id)
+        assert node.shot is not None
+        project_dir = store.project_dir(project_id)
+        number = max((t.number for t in node.takes), default=0) + 1
+        while safe_path(project_dir, take_path(node.shot, number)).exists():
+            number += 1
+        path = take_path(node.shot, number)
+        safe_path(project_dir, path).parent.mkdir(parents=True, exist_ok=True)
+        take = Take(
+            id=str(uuid.uuid4()),
+            number=number,
+            path=path,
+            params=GenerationParams.model_validate(params).model_dump(mode="json"),
+            fingerprint=fingerprint,
+            pipeline_id=pipeline_id,
+            quality_requested=Quality(quality_requested),
+            quality_used=Quality(quality_used),
+            created_at=now(),
+        )
+        node.takes.append(take)
+    return take
+
+
+def start_take(
+    store: ProjectStore,
+    project_id: str,
+    node_id: str,
+    take_id: str,
+    *,
+    task_run_id: str | None = None,
+    flow_run_id: str | None = None,
+) -> Take:
+    """Mark a take generating; each start (a retry too) counts as an attempt."""
+    with store.edit(project_id) as project:
+        _, take = _take(project, node_id, take_id)
+        if take.status == TakeStatus.completed:
+            raise TakeError(f"take {take.number} of node {node_id} is already completed")
+        take.status = TakeStatus.generating
+        take.started_at = now()
+        take.attempts += 1
+        take.error = None
+        take.task_run_id = task_run_id or take.task_run_id
+        take.flow_run_id = flow_run_id or take.flow_run_id
+    return take
+
+
+def complete_take(
+    store: ProjectStore,
+    project_id: str,
+    node_id: str,
+    take_id: str,
+    *,
+    timings: dict[str, float],
+    task_run_id: str | None = None,
+    flow_run_id: str | None = None,
+) -> Take:
+    """Record a finished take whose image is on disk, and make it the node's active take."""
+    with store.edit(project_id) as project:
+        node, take = _take(project, node_id, take_id)
+        if not safe_path(store.project_dir(project_id), take.path).is_file():
+            raise TakeError(
+                f"take {take.number} of node {node_id}: {take.path} does not exist; "
+                "a take completes only once its image is written"
+            )
+        take.status = TakeStatus.completed
+        take.finished_at = now()
+        take.timings = dict(timings)
+        take.error = None
+        take.task_run_id = task_run_id or take.task_run_id
+        take.flow_run_id = flow_run_id or take.flow_run_id
+        node.active_take = take.id
+    return take
+
+
+def fail_take(store: ProjectStore, project_id: str, node_id: str, take_id: str, error: str) -> Take:
+    """Record why a take failed; the node's active take stays as it was."""
+    with store.edit(project_id) as project:
+        _, take = _take(project, node_id, take_id)
+        if take.status == TakeStatus.completed:
+            raise TakeError(f"take {take.number} of node {node_id} is completed; it cannot fail")
+        take.status = TakeStatus.failed
+        take.finished_at = now()
+        take.error = error
+    return take
+
+
+def set_active_take(store: ProjectStore, project_id: str, node_id: str, take_id: str) -> Take:
+    """Select which completed take the node shows and passes downstream."""
+    with store.edit(project_id) as project:
+        node, take = _take(project, node_id, take_id)
+        if take.status != TakeStatus.completed:
+            raise TakeError(
+                f"take {take.number} of node {node_id} is {take.status}; only a completed take "
+                "can be active"
+            )
+        node.active_take = take.id
+    return take

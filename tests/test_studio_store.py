@@ -1,0 +1,120 @@
+"""ProjectStore: projects in the workspace, and edits that lock, validate and save atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from studio.graph import GraphError
+from studio.manifest import Edge, ManifestError, load_project, save_project
+from studio.store import ProjectNotFound, ProjectStore
+from studio.workspace import Workspace
+from tests.test_studio_manifest import odyssey
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ProjectStore:
+    return ProjectStore(Workspace(tmp_path / "ws"))
+
+
+def saved_odyssey(store: ProjectStore) -> str:
+    project = odyssey()
+    store.project_dir(project.id).mkdir(parents=True)
+    save_project(store.manifest_path(project.id), project)
+    return project.id
+
+
+def test_a_new_project_has_its_numbered_folders_and_manifest(store: ProjectStore) -> None:
+    project = store.create("Project Odyssey", "high")
+
+    folder = store.workspace.root / "Projects" / "Project_Odyssey"
+    assert project.id == "Project_Odyssey" and project.quality == "high"
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [
+        "01_Assets",
+        "02_Scripts",
+        "03_Renders",
+        "04_Exports",
+    ]
+    assert load_project(folder / "project.json") == project
+    assert (store.workspace.root / "Library" / "AI_Models").is_dir()
+
+
+def test_a_second_project_of_the_same_name_gets_a_numbered_id(store: ProjectStore) -> None:
+    ids = [store.create("Project Odyssey").id for _ in range(3)]
+
+    assert ids == ["Project_Odyssey", "Project_Odyssey_2", "Project_Odyssey_3"]
+    assert [p.id for p in store.list()] == ids
+
+
+def test_an_edit_is_saved(store: ProjectStore) -> None:
+    project_id = saved_odyssey(store)
+
+    with store.edit(project_id) as project:
+        project.nodes[4].params["steps"] = 40
+
+    assert store.load(project_id).nodes[4].params["steps"] == 40
+
+
+def test_an_edit_with_invalid_params_is_refused_and_not_saved(store: ProjectStore) -> None:
+    project_id = saved_odyssey(store)
+
+    with pytest.raises(ManifestError, match=r"params\.steps: Input should be less than"):
+        with store.edit(project_id) as project:
+            project.nodes[4].params["steps"] = 500
+
+    assert store.load(project_id).nodes[4].params["steps"] == 28
+
+
+def test_an_edit_adding_a_bad_edge_is_refused_and_not_saved(store: ProjectStore) -> None:
+    project_id = saved_odyssey(store)
+    bad = Edge(
+        id="e9", source="alex", source_socket="asset", target="shot15", target_socket="prompt"
+    )
+
+    with pytest.raises(GraphError, match=r"cannot connect alex\.asset \(AssetReference\)"):
+        with store.edit(project_id) as project:
+            project.edges.append(bad)
+
+    assert [e.id for e in store.load(project_id).edges] == ["e1", "e2", "e3", "e4"]
+
+
+def test_an_edit_whose_body_fails_saves_nothing(store: ProjectStore) -> None:
+    project_id = saved_odyssey(store)
+
+    with pytest.raises(RuntimeError):
+        with store.edit(project_id) as project:
+            project.name = "Renamed"
+            raise RuntimeError("changed my mind")
+
+    assert store.load(project_id).name == "Project Odyssey"
+
+
+def test_a_project_id_that_is_not_a_slug_is_not_found(store: ProjectStore) -> None:
+    with pytest.raises(ProjectNotFound, match="is not a project id"):
+        store.load("../elsewhere")
+
+
+def test_a_missing_project_is_not_found(store: ProjectStore) -> None:
+    with pytest.raises(ProjectNotFound, match="no project 'Nope'"):
+        store.load("Nope")
+
+
+def test_a_manifest_whose_id_differs_from_its_folder_is_refused(store: ProjectStore) -> None:
+    project_id = saved_odyssey(store)
+    copy = store.project_dir("Copy")
+    copy.mkdir()
+    (copy / "project.json").write_bytes(store.manifest_path(project_id).read_bytes())
+
+    with pytest.raises(ManifestError, match="id is 'Project_Odyssey' but the project's folder"):
+        store.load("Copy")
+
+
+def test_listing_leaves_out_an_unreadable_project(store: ProjectStore) -> None:
+    store.create("Good")
+    broken = store.project_dir("Broken")
+    broken.mkdir()
+    (broken / "project.json").write_text(json.dumps({"schema_version": 1}))
+
+    assert [p.id for p in store.list()] == ["Good"]

@@ -1,0 +1,202 @@
+"""Takes: deterministic names, atomic allocation under concurrency, and their life cycle."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from studio.graph import fingerprint, node_state, resolve_inputs, to_generation_params
+from studio.jobs import GenerationParams
+from studio.manifest import Shot, TakeStatus, save_project
+from studio.nodes import NodeState
+from studio.store import ProjectStore
+from studio.takes import (
+    TakeError,
+    complete_take,
+    fail_take,
+    reserve_take,
+    set_active_take,
+    start_take,
+    take_filename,
+    take_path,
+)
+from studio.workspace import PathEscapeError, Workspace
+from tests.test_studio_manifest import odyssey
+
+RENDERS = "03_Renders/SCENE_02/SHOT_015"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ProjectStore:
+    store = ProjectStore(Workspace(tmp_path))
+    project = odyssey()
+    store.project_dir(project.id).mkdir(parents=True)
+    save_project(store.manifest_path(project.id), project)
+    return store
+
+
+def reserve(store: ProjectStore) -> tuple[int, str]:
+    project = store.load("Project_Odyssey")
+    take = reserve_take(
+        store,
+        "Project_Odyssey",
+        "shot15",
+        quality_requested="high",
+        quality_used="standard",
+        pipeline_id="flux-dev-fp8",
+        params=to_generation_params(resolve_inputs(project, "shot15")),
+        fingerprint=fingerprint(project, "shot15"),
+    )
+    return take.number, take.path
+
+
+def reserve_in_workspace(root: str) -> tuple[int, str]:
+    """Runs in a worker process."""
+    return reserve(ProjectStore(Workspace(root)))
+
+
+def render(store: ProjectStore, rel: str) -> None:
+    (store.project_dir("Project_Odyssey") / rel).write_bytes(b"\x89PNG")
+
+
+def test_a_take_is_named_after_its_shot_version_and_number() -> None:
+    shot = Shot(scene="SCENE_02", shot="SHOT_015", version="v01")
+
+    assert take_filename(shot, 4) == "SHOT-015_v01_take04.png"
+    assert take_path(shot, 4) == f"{RENDERS}/SHOT-015_v01_take04.png"
+    assert take_filename(shot, 123) == "SHOT-015_v01_take123.png"
+
+
+def test_a_reserved_take_is_queued_with_its_path_and_folder_made(store: ProjectStore) -> None:
+    assert reserve(store) == (1, f"{RENDERS}/SHOT-015_v01_take01.png")
+
+    (take,) = store.load("Project_Odyssey").nodes[4].takes
+    assert (take.status, take.quality_requested, take.quality_used) == (
+        "queued",
+        "high",
+        "standard",
+    )
+    assert GenerationParams.model_validate(take.params).seed == 42
+    assert (store.project_dir("Project_Odyssey") / RENDERS).is_dir()
+
+
+def test_a_number_whose_file_is_already_on_disk_is_skipped(store: ProjectStore) -> None:
+    folder = store.project_dir("Project_Odyssey") / RENDERS
+    folder.mkdir(parents=True)
+    for n in (1, 2):
+        (folder / f"SHOT-015_v01_take{n:02d}.png").write_bytes(b"someone else's render")
+
+    assert reserve(store)[0] == 3
+    assert (folder / "SHOT-015_v01_take01.png").read_bytes() == b"someone else's render"
+
+
+def allocate_50(store: ProjectStore, pool: Executor) -> None:
+    root = str(store.workspace.root)
+    with pool:
+        results = list(pool.map(reserve_in_workspace, [root] * 50))
+
+    assert sorted(n for n, _ in results) == list(range(1, 51))
+    assert len({path for _, path in results}) == 50
+    takes = store.load("Project_Odyssey").nodes[4].takes
+    assert sorted((t.number, t.path) for t in takes) == sorted(results)
+
+
+def test_50_concurrent_allocations_in_threads_get_50_distinct_takes(store: ProjectStore) -> None:
+    allocate_50(store, ThreadPoolExecutor(max_workers=16))
+
+
+def test_50_concurrent_allocations_in_processes_get_50_distinct_takes(
+    store: ProjectStore,
+) -> None:
+    # spawn: fresh interpreters, as separate workers would be, with nothing shared by fork.
+    allocate_50(store, ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")))
+
+
+def test_a_renders_folder_linked_out_of_the_project_is_refused(
+    store: ProjectStore, tmp_path: Path
+) -> None:
+    renders = store.project_dir("Project_Odyssey") / "03_Renders"
+    renders.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", renders / "SCENE_02")
+
+    with pytest.raises(PathEscapeError, match="through a symlink"):
+        reserve(store)
+    assert store.load("Project_Odyssey").nodes[4].takes == []
+
+
+def test_starting_a_take_marks_it_generating_and_counts_attempts(store: ProjectStore) -> None:
+    reserve(store)
+    take_id = store.load("Project_Odyssey").nodes[4].takes[0].id
+
+    start_take(store, "Project_Odyssey", "shot15", take_id, task_run_id="run-1")
+    take = start_take(store, "Project_Odyssey", "shot15", take_id)
+
+    assert (take.status, take.attempts, take.task_run_id) == ("generating", 2, "run-1")
+    assert node_state(store.load("Project_Odyssey"), "shot15") == NodeState.generating
+
+
+def test_a_completed_take_becomes_the_active_take(store: ProjectStore) -> None:
+    _, rel = reserve(store)
+    take_id = store.load("Project_Odyssey").nodes[4].takes[0].id
+    render(store, rel)
+
+    complete_take(store, "Project_Odyssey", "shot15", take_id, timings={"total": 1.5})
+
+    project = store.load("Project_Odyssey")
+    assert project.nodes[4].preview == rel
+    assert project.nodes[4].takes[0].timings == {"total": 1.5}
+    assert node_state(project, "shot15") == NodeState.completed
+
+
+def test_a_take_without_its_image_cannot_complete(store: ProjectStore) -> None:
+    reserve(store)
+    take_id = store.load("Project_Odyssey").nodes[4].takes[0].id
+
+    with pytest.raises(TakeError, match="SHOT-015_v01_take01.png does not exist"):
+        complete_take(store, "Project_Odyssey", "shot15", take_id, timings={})
+
+
+def test_a_failed_take_keeps_the_previous_active_take(store: ProjectStore) -> None:
+    _, rel = reserve(store)
+    reserve(store)
+    first, second = (t.id for t in store.load("Project_Odyssey").nodes[4].takes)
+    render(store, rel)
+    complete_take(store, "Project_Odyssey", "shot15", first, timings={})
+
+    fail_take(store, "Project_Odyssey", "shot15", second, "out of GPU memory")
+
+    node = store.load("Project_Odyssey").nodes[4]
+    assert (node.active_take, node.takes[1].status) == (first, TakeStatus.failed)
+    assert node.takes[1].error == "out of GPU memory"
+    assert node_state(store.load("Project_Odyssey"), "shot15") == NodeState.error
+
+
+def test_an_older_take_can_be_made_active_again(store: ProjectStore) -> None:
+    for _ in range(2):
+        _, rel = reserve(store)
+        render(store, rel)
+    first, second = (t.id for t in store.load("Project_Odyssey").nodes[4].takes)
+    complete_take(store, "Project_Odyssey", "shot15", first, timings={})
+    complete_take(store, "Project_Odyssey", "shot15", second, timings={})
+
+    set_active_take(store, "Project_Odyssey", "shot15", first)
+
+    assert store.load("Project_Odyssey").nodes[4].active_take == first
+
+
+def test_only_a_completed_take_can_be_made_active(store: ProjectStore) -> None:
+    reserve(store)
+    take_id = store.load("Project_Odyssey").nodes[4].takes[0].id
+
+    with pytest.raises(TakeError, match="take 1 of node shot15 is queued; only a completed"):
+        set_active_take(store, "Project_Odyssey", "shot15", take_id)
+
+
+def test_a_node_without_takes_is_refused(store: ProjectStore) -> None:
+    with pytest.raises(TakeError, match="node prompt is a string node; it has no takes"):
+        fail_take(store, "Project_Odyssey", "prompt", "x", "boom")
