@@ -64,5 +64,9 @@ def runner_env(
     if preview_path is not None:
         env["PREVIEW_PATH"] = place(preview_path.resolve())
     if p.loras:
-        env["LORAS"] = json.dumps([lora.model_dump() for lora in p.loras])
+        # The domain's prompt is final (trigger words and style prompts are in it), so the
+        # runner gets only what to load; it would otherwise add the words a second time.
+        loras = [{**lora.model_dump(), "trigger_words": [], "style_prompt": ""}
+                 for lora in p.loras]
+        env["LORAS"] = json.dumps(loras)
     return env

@@ -127,7 +127,7 @@ class Subprocess:
 
 @dataclass
 class Docker:
-    """Runs the tier's image; `workspace_volume` is the named volume (or host path) of /workspace."""
+    """Runs the tier's image; `workspace_volume` is the volume (or host path) of /workspace."""
 
     image: str
     workspace_volume: str = "generative_studio_workspace"

@@ -67,7 +67,8 @@ class LocalPrefectServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"Prefect server exited ({self.proc.returncode}); see {self.log}")
+                code = self.proc.returncode
+                raise RuntimeError(f"Prefect server exited ({code}); see {self.log}")
             try:
                 if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
                     return

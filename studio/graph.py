@@ -289,10 +289,26 @@ def to_generation_params(
 
 
 def fingerprint(project: Project, node_id: str) -> str:
-    """sha256 of what the node would render now; a random seed is left out, a fixed one is in."""
-    data = resolve_inputs(project, node_id).model_dump(mode="json")
-    if data["seed"] is None:
-        del data["seed"]
+    """sha256 of what the node would produce now, so an unchanged node need not run again.
+
+    For a Text-to-Image node: its resolved inputs (a random seed left out, a fixed one in);
+    for a value node: its type, parameters and the fingerprints of what feeds it.
+    """
+    node = _node(project, node_id)
+    if node.node_type == TextToImage.name:
+        data = resolve_inputs(project, node_id).model_dump(mode="json")
+        if data["seed"] is None:
+            del data["seed"]
+    else:
+        data = {
+            "node_type": node.node_type,
+            "params": node.params,
+            "inputs": {
+                e.target_socket: fingerprint(project, e.source)
+                for e in project.edges
+                if e.target == node_id
+            },
+        }
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

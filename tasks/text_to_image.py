@@ -96,7 +96,7 @@ def _failure_text(job: TakeJob, exc: RunnerFailed) -> str:
 
 def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any]:
     """Runs one reserved take and records it. Raises RunnerFailed when the runner fails."""
-    workspace = Workspace.from_env()
+    workspace = Workspace()
     store = ProjectStore(workspace)
     project_dir = store.project_dir(job.project_id)
     ctx = TaskRunContext.get()
@@ -131,8 +131,7 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any]:
         raise
 
     timings = {**result.timings, "total": time.perf_counter() - started}
-    complete_take(store, job.project_id, job.node_id, job.take_id, timings=timings,
-                  seed=result.seed)
+    complete_take(store, job.project_id, job.node_id, job.take_id, timings=timings)
     _record_artifacts(job, result.seed, timings)
     events.emit(events.SUCCEEDED, job, task_run_id, output_path=job.output_path)
     return {

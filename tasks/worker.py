@@ -24,7 +24,7 @@ def _say(message: str) -> None:
 def preload(quality: Quality) -> bool:
     """Loads the tier's pipeline into this process; False when its weights are missing."""
     tier = TIERS[quality]
-    workspace = Workspace.from_env()
+    workspace = Workspace()
     folder = model_dir(workspace.root, tier.pipeline_id)
     if not (folder / "model_index.json").exists():
         _say(f"{quality.value}: no weights at {folder}; takes will fail until "

@@ -269,6 +269,16 @@ def test_changing_an_upstream_primitive_changes_the_fingerprint() -> None:
     assert fingerprint(project, "shot15") != before
 
 
+def test_a_value_node_has_a_fingerprint_that_follows_its_value() -> None:
+    project = odyssey()
+    before = fingerprint(project, "prompt")
+
+    project.nodes[0].params["value"] = "a lone astronaut, blue desert"
+
+    assert fingerprint(project, "prompt") != before
+    assert fingerprint(project, "negative") == fingerprint(odyssey(), "negative")
+
+
 def test_a_node_whose_upstream_changed_is_out_of_sync() -> None:
     project = odyssey()
     add_take(project, "shot15", fingerprint=fingerprint(project, "shot15"))

@@ -1,0 +1,1 @@
+"""Work pools per GPU tier and their base job templates."""

@@ -1,0 +1,16 @@
+"""Submitting a reserved take to its tier's warm task worker (the interactive path)."""
+
+from __future__ import annotations
+
+from prefect import tags
+
+from studio.jobs import TakeJob
+from tasks.text_to_image import take_tags, tier_task
+
+
+def submit_take(job: TakeJob) -> str:
+    """`.delay()`s the take on its tier's task; returns the task run id. Synchronous (~0.15 s):
+    call it from a thread in async code."""
+    with tags(*take_tags(job)):
+        future = tier_task(job.quality_used).delay(job)
+    return str(future.task_run_id)
