@@ -409,6 +409,9 @@ def project_lock(path: Path | str) -> Iterator[None]:
             [f"locked by another writer for {LOCK_TIMEOUT_S:.0f} s"], str(path)
         ) from None
     try:
+        # Holding the lock, any temporary save file is a dead writer's: clear it away.
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
         yield
     finally:
         lock.release()

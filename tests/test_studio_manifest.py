@@ -357,3 +357,13 @@ def test_a_process_killed_while_saving_leaves_a_manifest_that_loads(tmp_path: Pa
         value = load_project(path).nodes[0].params["value"]
 
         assert set(value) <= {"x"}
+
+
+def test_the_next_save_clears_a_dead_writers_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "project.json"
+    save_project(path, odyssey())
+    (tmp_path / ".project.json.abc123.tmp").write_text('{"half": ')
+
+    save_project(path, odyssey())
+
+    assert {p.name for p in tmp_path.iterdir()} == {"project.json", "project.json.lock"}
