@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 VARIANTS = ("FLUX.1-schnell", "FLUX.1-dev")
 MODELS_SUBDIR = Path("Library") / "AI_Models" / "flux"
-NOTE = "tiny random-weight FLUX pipeline for tests and demos: NOT a quality model (images are noise)"
+NOTE = "tiny random-weight FLUX pipeline for tests and demos: NOT a quality model (images: noise)"
 
 # Transformer sizes: head dim 16 split over the three rope axes, text width = T5 width.
 TEXT_DIM = 32
@@ -63,7 +63,7 @@ def _t5_tokenizer() -> Any:
 
 
 def build_tiny_pipeline(variant: str, seed: int = 0) -> FluxPipeline:
-    """Build (in memory, in eval mode) a tiny FLUX pipeline; dev has guidance_embeds, schnell not."""
+    """Build a tiny FLUX pipeline in memory, in eval mode; dev has guidance_embeds, schnell not."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -178,7 +178,9 @@ def write_tiny_workspace(root: Path, variants: tuple[str, ...] = VARIANTS, seed:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("dir", type=Path, help="workspace root (or the target folder with --exact)")
     parser.add_argument("--variant", choices=[*VARIANTS, "all"], default="all")
     parser.add_argument("--seed", type=int, default=0)

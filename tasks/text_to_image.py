@@ -116,9 +116,14 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any]:
 
     started = time.perf_counter()
     env = runner_env(job, workspace_root=workspace.root, project_dir=project_dir)
+    preview_file = (project_dir / job.output_path).with_suffix(".preview.png")
     try:
         with Lease(workspace.root, job.take_id):
-            result = strategy_for(job.pipeline_id, mode).run(env, on_progress)
+            try:
+                result = strategy_for(job.pipeline_id, mode).run(env, on_progress)
+            finally:
+                # The live preview has served its purpose once the take ends, either way.
+                preview_file.unlink(missing_ok=True)
     except RunnerFailed as exc:
         message = _failure_text(job, exc)
         fail_take(store, job.project_id, job.node_id, job.take_id, message)
