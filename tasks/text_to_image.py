@@ -8,6 +8,7 @@ of its own.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -23,11 +24,13 @@ from runners.registry import strategy_for
 from runners.strategies import RunnerFailed
 from studio.jobs import TakeJob
 from studio.store import ProjectStore
-from studio.takes import complete_take, fail_take, start_take
+from studio.takes import TakeError, complete_take, fail_take, start_take
 from studio.tiers import TIERS, Quality
 from studio.workspace import Workspace
 from tasks import events
 from tasks.leases import Lease
+
+log = logging.getLogger(__name__)
 
 
 def public_url() -> str:
@@ -89,9 +92,15 @@ def _failure_text(job: TakeJob, exc: RunnerFailed) -> str:
             f"Out of GPU memory on the {tier.quality.value} tier ({tier.vram_gb} GB, "
             f"{tier.pipeline_id}): {exc.message}"
         )
-    if exc.exit_code == 3:
-        return f"{exc.message}\nRun `make download-models` to fetch the weights of this tier."
     return exc.message
+
+
+def _fail(store: ProjectStore, job: TakeJob, task_run_id: str | None, message: str) -> None:
+    try:
+        fail_take(store, job.project_id, job.node_id, job.take_id, message)
+    except (TakeError, LookupError, ValueError) as exc:  # project or take gone: still tell
+        log.warning("could not record the failure of %s: %s", job.take_id, exc)
+    events.emit(events.FAILED, job, task_run_id, error=message)
 
 
 def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any]:
@@ -102,10 +111,7 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any]:
     ctx = TaskRunContext.get()
     task_run_id = str(ctx.task_run.id) if ctx else None
     flow_run_id = str(ctx.task_run.flow_run_id) if ctx and ctx.task_run.flow_run_id else None
-
-    start_take(store, job.project_id, job.node_id, job.take_id,
-               task_run_id=task_run_id, flow_run_id=flow_run_id)
-    events.emit(events.STARTED, job, task_run_id)
+    result_of = {"output_path": job.output_path, "take_id": job.take_id}
 
     def on_progress(percent: int, step: str, preview_path: str | None) -> None:
         preview = None
@@ -115,33 +121,37 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any]:
                     progress=percent, step=step, preview_path=preview)
 
     started = time.perf_counter()
-    env = runner_env(job, workspace_root=workspace.root, project_dir=project_dir)
     preview_file = (project_dir / job.output_path).with_suffix(".preview.png")
-    try:
-        with Lease(workspace.root, job.take_id):
+    # The lease covers the recording too: a take is never "generating" without a live lease.
+    with Lease(workspace.root, job.take_id):
+        try:
+            start_take(store, job.project_id, job.node_id, job.take_id,
+                       task_run_id=task_run_id, flow_run_id=flow_run_id)
+        except TakeError as exc:  # delivered again after it completed: nothing left to do
+            log.warning("skipping %s: %s", take_label(job), exc)
+            return {**result_of, "skipped": str(exc)}
+        try:
+            events.emit(events.STARTED, job, task_run_id)
+            env = runner_env(job, workspace_root=workspace.root, project_dir=project_dir)
             try:
                 result = strategy_for(job.pipeline_id, mode).run(env, on_progress)
             finally:
                 # The live preview has served its purpose once the take ends, either way.
                 preview_file.unlink(missing_ok=True)
-    except RunnerFailed as exc:
-        message = _failure_text(job, exc)
-        fail_take(store, job.project_id, job.node_id, job.take_id, message)
-        events.emit(events.FAILED, job, task_run_id, error=message)
-        raise RunnerFailed(message, exc.exit_code) from exc
-    except BaseException as exc:  # a bug or an interrupt must not leave the take "generating"
-        message = f"{type(exc).__name__}: {exc}"
-        fail_take(store, job.project_id, job.node_id, job.take_id, message)
-        events.emit(events.FAILED, job, task_run_id, error=message)
-        raise
+            timings = {**result.timings, "total": time.perf_counter() - started}
+            complete_take(store, job.project_id, job.node_id, job.take_id, timings=timings)
+        except RunnerFailed as exc:
+            message = _failure_text(job, exc)
+            _fail(store, job, task_run_id, message)
+            raise RunnerFailed(message, exc.exit_code) from exc
+        except BaseException as exc:  # a bug or an interrupt must not leave it "generating"
+            _fail(store, job, task_run_id, f"{type(exc).__name__}: {exc}")
+            raise
 
-    timings = {**result.timings, "total": time.perf_counter() - started}
-    complete_take(store, job.project_id, job.node_id, job.take_id, timings=timings)
     _record_artifacts(job, result.seed, timings)
     events.emit(events.SUCCEEDED, job, task_run_id, output_path=job.output_path)
     return {
-        "output_path": job.output_path,
-        "take_id": job.take_id,
+        **result_of,
         "seed": result.seed if result.seed is not None else job.params.seed,
         "loaded_pipeline": result.loaded_pipeline,
     }

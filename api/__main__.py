@@ -1,0 +1,37 @@
+"""`python -m api [--host H] [--port P]`: the gateway under uvicorn.
+
+Refuses a host other than loopback unless STUDIO_API_TOKEN is set: the API can start renders
+and read every project, so it is not put on a network open to anyone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from api.auth import is_loopback
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("STUDIO_API_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("STUDIO_API_PORT", 8000)))
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    if not is_loopback(args.host) and not os.environ.get("STUDIO_API_TOKEN"):
+        print(f"refusing to listen on {args.host}: set STUDIO_API_TOKEN first (every request "
+              "will then need it), or use 127.0.0.1", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level,
+                ws_ping_interval=20, ws_ping_timeout=20)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The relay: Prefect's event stream (`studio.take.*`) -> the spec 5.1 messages, per project.
+
+One subscription per API process, kept alive by its own retry loop (Prefect's subscriber gives
+up ~10 s into a server restart). Every event is delivered once (by event id; results once per
+take), in order, progress only rising. After a reconnect, takes that finished meanwhile are read
+back from project.json and announced, and the reconciler runs (the server may have lost queued
+tasks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect.events import Event
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventFilter, EventNameFilter
+
+from api.hub import Hub, Message
+from api.messages import TaskProgress, server_message
+from api.views import failed_message, node_state_message, success_message
+from studio.manifest import Project, TakeStatus
+from studio.nodes import NodeState
+from studio.store import ProjectNotFound, ProjectStore
+from tasks import events
+
+log = logging.getLogger(__name__)
+
+# Emitted by the gateway itself (dispatcher, reconciler) so that every API process hears of a
+# take queued by any of them; it matches the same "studio.take." prefix.
+QUEUED = events.PREFIX + "queued"
+
+TERMINAL = {TakeStatus.completed: "success", TakeStatus.failed: "failed"}
+
+
+class _Bounded(OrderedDict[Any, Any]):
+    """An insertion-ordered dict that forgets its oldest entries past `size`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class Relay:
+    def __init__(self, store: ProjectStore, hub: Hub) -> None:
+        self.store = store
+        self.hub = hub
+        self.started_at = datetime.now(UTC)
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self.disconnected_at: datetime | None = None
+        self.on_reconnect: list[Callable[[datetime], Awaitable[None]]] = []
+        self._seen: _Bounded = _Bounded(50_000)  # event ids
+        self._announced: _Bounded = _Bounded(50_000)  # (take id, "success"|"failed")
+        self._progress: _Bounded = _Bounded(10_000)  # take id -> last progress sent
+        self.in_flight: dict[str, tuple[str, str]] = {}  # take id -> (project, node)
+        self._resyncing: asyncio.Task[None] | None = None
+
+    # --- bookkeeping shared with the dispatcher and the reconciler ------------------------
+
+    def track(self, project_id: str, node_id: str, take_id: str) -> None:
+        """Remember a take in flight, so its result is announced even if its event is missed."""
+        if (take_id, "success") not in self._announced:
+            self.in_flight[take_id] = (project_id, node_id)
+
+    def mark_seen(self, event_id: uuid.UUID) -> None:
+        """An event this process emits and has already delivered to its own sockets."""
+        self._seen[event_id] = True
+
+    def _announce(self, take_id: str, kind: str) -> bool:
+        """True the first time a take's result of this kind is announced."""
+        self.in_flight.pop(take_id, None)
+        if (take_id, kind) in self._announced:
+            return False
+        self._announced[(take_id, kind)] = True
+        return True
+
+    # --- the subscription -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = 0.25
+        take_events = EventFilter(event=EventNameFilter(prefix=[events.PREFIX]))
+        while True:
+            try:
+                # reconnection_attempts=0: every disconnect comes back here, so a reconnect
+                # is always seen and followed by a re-sync.
+                async with get_events_subscriber(filter=take_events,
+                                                 reconnection_attempts=0) as subscriber:
+                    self.connections += 1
+                    self.connected.set()
+                    backoff = 0.25
+                    if self.connections > 1:
+                        self._resyncing = asyncio.create_task(self._after_reconnect())
+                    async for event in subscriber:
+                        try:
+                            await self.handle(event)
+                        except Exception:
+                            log.exception("relay: could not deliver event %s", event.id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("relay: event stream unavailable (%s); retrying", exc)
+            if self.connected.is_set():
+                self.connected.clear()
+                self.disconnected_at = datetime.now(UTC)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _after_reconnect(self) -> None:
+        since = self.disconnected_at or self.started_at
+        log.info("relay: reconnected to Prefect; re-syncing")
+        for project_id in self.hub.projects():
+            await self.resync(project_id, snapshot=True)
+        for callback in self.on_reconnect:
+            try:
+                await callback(since)
+            except Exception:
+                log.exception("relay: after-reconnect step failed")
+
+    # --- events -> messages -----------------------------------------------------------------
+
+    async def handle(self, event: Event) -> None:
+        if event.id in self._seen:
+            return
+        self._seen[event.id] = True
+        if event.occurred < self.started_at:  # the stream's backfill from before we started
+            return
+        res = event.resource
+        project_id, node_id = res.get("studio.project"), res.get("studio.node")
+        take_id = res.get("studio.take")
+        if not (project_id and node_id and take_id):
+            return
+        task_id = res.get("studio.task-run") or None
+        name = event.event
+        payload = event.payload
+
+        if name in (QUEUED, events.STARTED, events.PROGRESS):
+            if any((take_id, k) in self._announced for k in ("success", "failed")):
+                return  # late news of a take that already ended
+            self.track(project_id, node_id, take_id)
+
+        if name == QUEUED:
+            await self.publish_state(project_id, node_id, take_id, task_id)
+        elif name == events.STARTED:
+            await self.publish_state(project_id, node_id, take_id, task_id,
+                                      state=NodeState.generating)
+        elif name == events.PROGRESS:
+            progress = int(payload.get("progress", 0))
+            if progress < self._progress.get(take_id, -1):
+                return  # progress only rises
+            self._progress[take_id] = progress
+            message = server_message(TaskProgress(
+                task_id=task_id or "", node_id=node_id, take_id=take_id, progress=progress,
+                step=str(payload.get("step", "")), preview_path=payload.get("preview_path"),
+            ))
+            await self.hub.publish(project_id, _const([message]))
+        elif name == events.SUCCEEDED:
+            if not self._announce(take_id, "success"):
+                return
+            number = res.get("studio.take-number")
+            result = success_message(node_id, take_id=take_id, task_id=task_id,
+                                     output_path=str(payload.get("output_path", "")),
+                                     take_number=int(number) if number else 0)
+            await self._publish_with_state(project_id, node_id, [result], take_id, task_id)
+        elif name == events.FAILED:
+            if not self._announce(take_id, "failed"):
+                return
+            error = str(payload.get("error", "the take failed"))
+            message = failed_message(node_id, error, take_id=take_id, task_id=task_id)
+            await self._publish_with_state(project_id, node_id, [message], take_id, task_id)
+
+    async def announce_failure(self, project_id: str, node_id: str, take_id: str,
+                               task_id: str | None, error: str) -> None:
+        """A failure this process decided (not from an event): sent once, like the others."""
+        if self._announce(take_id, "failed"):
+            message = failed_message(node_id, error, take_id=take_id, task_id=task_id)
+            await self._publish_with_state(project_id, node_id, [message], take_id, task_id)
+
+    async def _load(self, project_id: str) -> Project | None:
+        try:
+            return await asyncio.to_thread(self.store.load, project_id)
+        except (ProjectNotFound, ValueError):
+            return None
+
+    async def publish_state(self, project_id: str, node_id: str, take_id: str | None,
+                            task_id: str | None, state: NodeState | None = None) -> None:
+        """node_state_updated: `state` as given, or derived from project.json when it is sent."""
+        async def build() -> list[Message]:
+            project = None if state else await self._load(project_id)
+            return node_state_message(project, node_id, take_id=take_id, task_id=task_id,
+                                      state=state)
+
+        await self.hub.publish(project_id, build)
+
+    async def _publish_with_state(self, project_id: str, node_id: str, first: list[Message],
+                                  take_id: str | None, task_id: str | None) -> None:
+        async def build() -> list[Message]:
+            project = await self._load(project_id)
+            return first + node_state_message(project, node_id, take_id=take_id,
+                                              task_id=task_id)
+
+        await self.hub.publish(project_id, build)
+
+    async def resync(self, project_id: str, *, snapshot: bool = False,
+                     min_age: float = 0.0) -> None:
+        """Announce, from project.json, the results of tracked takes that ended without their
+        event reaching us (lost across a restart); `min_age` leaves the event a head start."""
+        if not self.hub.has_clients(project_id):
+            return
+
+        async def build() -> list[Message]:
+            project = await self._load(project_id)
+            if project is None:
+                return []
+            messages: list[Message] = []
+            nodes: dict[str, None] = {}
+            now = time.time()
+            for take_id, (pid, node_id) in list(self.in_flight.items()):
+                if pid != project_id:
+                    continue
+                node = project.get_node(node_id)
+                take = node.get_take(take_id) if node else None
+                if take is None:
+                    self.in_flight.pop(take_id, None)
+                    continue
+                kind = TERMINAL.get(take.status)
+                if kind is None:
+                    nodes[node_id] = None
+                    continue
+                if take.finished_at and now - take.finished_at.timestamp() < min_age:
+                    continue
+                if not self._announce(take_id, kind):
+                    continue
+                if kind == "success":
+                    messages.append(success_message(
+                        node_id, take_id=take.id, task_id=take.task_run_id,
+                        output_path=take.path, take_number=take.number))
+                else:
+                    messages.append(failed_message(node_id, take.error or "the take failed",
+                                                   take_id=take.id, task_id=take.task_run_id))
+                nodes[node_id] = None
+            if snapshot:
+                for node in project.nodes:
+                    if any(t.status in (TakeStatus.queued, TakeStatus.generating)
+                           for t in node.takes):
+                        nodes[node.id] = None
+            for node_id in nodes:
+                messages += node_state_message(project, node_id)
+            return messages
+
+        await self.hub.publish(project_id, build)
+
+
+def _const(messages: list[Message]) -> Callable[[], Awaitable[list[Message]]]:
+    async def build() -> list[Message]:
+        return messages
+
+    return build
