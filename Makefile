@@ -12,11 +12,12 @@ setup:
 web: setup
 	@bash scripts/setup_web.sh
 
+# TIERS="standard" starts task workers for those tiers only (each holds its model on the GPU).
 up: setup web
-	@$(PY) -m scripts.stack
+	@$(PY) -m scripts.stack $(if $(TIERS),--tiers $(TIERS))
 
 demo: setup web
-	@$(PY) -m scripts.stack --demo
+	@$(PY) -m scripts.stack --demo $(if $(TIERS),--tiers $(TIERS))
 
 test: setup web
 	@$(PY) -m ruff check .

@@ -36,3 +36,8 @@ def prefect_server() -> Iterator[LocalPrefectServer]:
 @pytest.fixture(scope="session")
 def session_root() -> Path:
     return _SESSION_ROOT
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Prefect-restart test disturbs the shared server: it runs after everything else."""
+    items.sort(key=lambda item: "prefect_restart" in item.nodeid)
