@@ -18,7 +18,6 @@ from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.objects import StateType
-from prefect.futures import PrefectDistributedFuture
 
 from scripts.local_prefect import LocalPrefectServer
 from studio.jobs import LoraRef, prepare_take
@@ -92,6 +91,14 @@ def _artifacts(key: str) -> list:
     return asyncio.run(read())
 
 
+def _final_state(task_run_id: str):
+    async def read():
+        async with get_client() as client:
+            return (await client.read_task_run(task_run_id)).state
+    state = asyncio.run(read())
+    return state if state is not None and state.is_final() else None
+
+
 def _click(store: ProjectStore, project_id: str, node_id: str, quality: Quality = Quality.standard):
     job = prepare_take(store, project_id, node_id, quality_requested=quality, quality_used=quality)
     return job, submit_take(job)
@@ -150,7 +157,8 @@ def test_a_second_take_on_the_same_worker_does_not_load_the_pipeline_again(
     results = []
     for _ in range(2):
         _, task_run_id = _click(store, project.id, node_id)
-        results.append(PrefectDistributedFuture(task_run_id).result(timeout=120))
+        state = wait_until(lambda i=task_run_id: _final_state(i), 120, "the task run to end")
+        results.append(state.result())
     # The worker loaded its pipeline at start, before the first click.
     assert [r["loaded_pipeline"] for r in results] == [False, False]
     assert standard_worker.output().count("loaded from") == 1
@@ -179,11 +187,7 @@ def test_a_failing_runner_fails_the_task_run_with_its_message_and_leaves_no_file
     assert "nobody.safetensors" in (take.error or "")
     assert not (store.project_dir(project.id) / take.path).exists()
 
-    async def state():
-        async with get_client() as client:
-            return (await client.read_task_run(task_run_id)).state
-
-    final = asyncio.run(state())
+    final = wait_until(lambda: _final_state(task_run_id), 30, "the task run to end")
     assert final.type == StateType.FAILED
     assert "nobody.safetensors" in (final.message or "")
 
