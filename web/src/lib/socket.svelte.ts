@@ -1,0 +1,78 @@
+// The project's WebSocket (/ws/{project_id}): {"type", "payload"} envelopes both ways, and an
+// automatic reconnect with backoff. `status` is what the project bar shows.
+import { withToken } from './api';
+
+export type SocketStatus = 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+export interface Envelope {
+  type: string;
+  payload: Record<string, unknown>;
+}
+
+const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
+const POLICY_VIOLATION = 1008;
+
+export class ProjectSocket {
+  status = $state<SocketStatus>('connecting');
+  #ws: WebSocket | null = null;
+  #attempt = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+
+  constructor(
+    private readonly projectId: string,
+    private readonly onMessage: (message: Envelope) => void,
+    private readonly onOpen: () => void,
+  ) {
+    this.#connect();
+  }
+
+  #connect(): void {
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    const ws = new WebSocket(
+      withToken(`${scheme}://${location.host}/ws/${encodeURIComponent(this.projectId)}`),
+    );
+    this.#ws = ws;
+    ws.onopen = () => {
+      this.#attempt = 0;
+      this.status = 'open';
+      // Events may have been missed before (re)connecting: the owner reloads the project.
+      this.onOpen();
+    };
+    ws.onmessage = (event) => {
+      let message: Envelope;
+      try {
+        message = JSON.parse(event.data as string) as Envelope;
+      } catch {
+        return;
+      }
+      if (typeof message?.type === 'string') this.onMessage({ ...message, payload: message.payload ?? {} });
+    };
+    ws.onclose = (event) => {
+      if (this.#ws !== ws || this.#closed) return;
+      if (event.code === POLICY_VIOLATION) {
+        // No such project, or a wrong token: retrying cannot help.
+        this.status = 'closed';
+        return;
+      }
+      this.status = 'reconnecting';
+      const delay = BACKOFF_MS[Math.min(this.#attempt, BACKOFF_MS.length - 1)];
+      this.#attempt += 1;
+      this.#timer = setTimeout(() => this.#connect(), delay);
+    };
+  }
+
+  /** Sends one message; false when the socket is not open (the caller tells the person). */
+  send(type: string, payload: Record<string, unknown>): boolean {
+    if (this.#ws?.readyState !== WebSocket.OPEN) return false;
+    this.#ws.send(JSON.stringify({ type, payload }));
+    return true;
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#ws?.close();
+    this.status = 'closed';
+  }
+}
