@@ -48,7 +48,9 @@ def main() -> None:
            "STUDIO_WORKSPACE": str(root / "workspace"),
            "STUDIO_MODELS_ROOT": str(root / "models" / "Library" / "AI_Models"),
            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / "results"),
-           "PREFECT_LOGGING_LEVEL": "WARNING", "STUDIO_REPO": str(REPO)}
+           "PREFECT_LOGGING_LEVEL": "WARNING", "STUDIO_REPO": str(REPO), "OMP_NUM_THREADS": "1",
+           # The local pool runs `python -m prefect.engine`: it must be this venv's python.
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     os.environ.update(env)
     subprocess.run([sys.executable, "scripts/make_tiny_model.py", str(root / "models")],
                    cwd=REPO, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -116,8 +118,8 @@ def main() -> None:
             t0 = time.time()
             submit_take(job)
             take = wait_until(lambda j=job: next(
-                t for t in store.load(project.id).get_node(node_id).takes
-                if t.id == j.take_id and t.finished_at), 120, "the take")
+                (t for t in store.load(project.id).get_node(node_id).takes
+                 if t.id == j.take_id and t.finished_at), None), 120, "the take")
             starts.append(take.started_at.timestamp() - t0)
             done.append(take.finished_at.timestamp() - t0)
             print(f"  warm run {i + 1}: start {starts[-1]:.2f} s, recorded {done[-1]:.2f} s",
