@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prefect.settings import PREFECT_API_URL
 
-from api import routes_projects, ws
+from api import routes_assets, routes_projects, ws
 from api.dispatcher import Dispatcher
 from api.hub import Hub
 from api.reconcile import Reconciler
@@ -127,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     _install_error_handlers(app)
     app.include_router(routes_projects.router)
+    app.include_router(routes_assets.router)
     app.include_router(ws.router)
 
     @app.get("/healthz", tags=["health"])

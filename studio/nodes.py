@@ -76,7 +76,14 @@ class ParamsBase(BaseModel):
 
 
 class TextToImageParams(ParamsBase):
-    model_config = ConfigDict(json_schema_extra={"x-max-pixels": MAX_PIXELS})
+    # The canvas reads the presets' pixel sizes here (its Dimensions dropdown, a custom size
+    # starting from the chosen preset's) instead of keeping its own copy of ASPECT_PRESETS.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-max-pixels": MAX_PIXELS,
+            "x-aspect-presets": {name: list(size) for name, size in ASPECT_PRESETS.items()},
+        }
+    )
 
     prompt: str = Field("", description="positive prompt (on the node and in the inspector)")
     negative_prompt: str = ""

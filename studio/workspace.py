@@ -11,6 +11,8 @@ ENV_VAR = "STUDIO_WORKSPACE"
 DEFAULT_ROOT = "Generative_Studio_Workspace"
 PROJECTS = "Projects"
 MODELS = "Library/AI_Models"
+# Where artists put the LoRA files of character and style assets (GET /api/loras lists them).
+LORAS = "Library/LoRAs"
 RENDERS = "03_Renders"
 # Created in every new project; numbered so they sort in production order.
 PROJECT_FOLDERS = ("01_Assets", "02_Scripts", RENDERS, "04_Exports")
@@ -76,10 +78,15 @@ class Workspace:
     def models_dir(self) -> Path:
         return self.root / MODELS
 
+    @property
+    def loras_dir(self) -> Path:
+        return self.root / LORAS
+
     def ensure(self) -> None:
         """Create the workspace's fixed folders (idempotent)."""
         self.projects_dir.mkdir(parents=True, exist_ok=True)
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.loras_dir.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.client.orchestration import get_client
 
 from studio.tiers import Quality
 from tasks.text_to_image import TIER_TASKS
 
 
-async def online_tiers() -> set[Quality]:
-    """Tiers whose task is served by at least one connected task worker."""
-    keys = {t.task_key: q for q, t in TIER_TASKS.items()}
+async def connected_task_workers(qualities: list[Quality]) -> list[dict[str, Any]]:
+    """Prefect's entries (`identifier`, `task_keys`) for the workers serving these tiers."""
+    keys = [TIER_TASKS[q].task_key for q in qualities]
     async with get_client() as client:
+        # No client method wraps this route (prefect 3.9).
         response = await client._client.post(
-            "/task_workers/filter",
-            json={"task_worker_filter": {"task_keys": list(keys)}},
+            "/task_workers/filter", json={"task_worker_filter": {"task_keys": keys}}
         )
         response.raise_for_status()
+    return response.json()
+
+
+async def online_tiers() -> set[Quality]:
+    """Tiers whose task is served by at least one connected task worker."""
+    by_key = {t.task_key: q for q, t in TIER_TASKS.items()}
     online: set[Quality] = set()
-    for worker in response.json():
-        online.update(keys[k] for k in worker.get("task_keys", []) if k in keys)
+    for worker in await connected_task_workers(list(TIER_TASKS)):
+        online.update(by_key[k] for k in worker.get("task_keys", []) if k in by_key)
     return online

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,16 +76,23 @@ class Proc:
 
 
 def start_tier_worker(quality: Quality, env: dict[str, str], log: Path) -> Proc:
-    """`studio worker --tier Q`; returns once Prefect lists it as connected."""
-    from tasks.availability import online_tiers
+    """`studio worker --tier Q`; returns once Prefect lists *this* worker as connected.
+
+    Not merely the tier: a worker of the same tier killed just before (by the previous test
+    module) stays listed for a second or two, and a click then would find no worker at all.
+    """
+    from tasks.availability import connected_task_workers
 
     studio = Path(sys.executable).with_name("studio")
     proc = Proc([str(studio), "worker", "--tier", quality.value], env, log)
+    # Prefect's TaskWorker.client_id: the script runs as the Popen's own process.
+    identifier = f"{socket.gethostname()}-{proc.popen.pid}"
 
     def online() -> bool:
         if proc.popen.poll() is not None:
             raise AssertionError(f"worker exited: {proc.output()[-2000:]}")
-        return quality in asyncio.run(online_tiers())
+        workers = asyncio.run(connected_task_workers([quality]))
+        return identifier in {w["identifier"] for w in workers}
 
     wait_until(online, 180, f"the {quality.value} task worker to connect", every=0.5)
     return proc

@@ -1,6 +1,9 @@
 // REST client for the API under /api (docs/api.md). Every failure becomes an ApiError whose
 // message is the server's own explanation, ready to show to a person.
 import type {
+  Asset,
+  AssetDraft,
+  LoraFile,
   NodeTypeSpec,
   Params,
   Position,
@@ -89,6 +92,8 @@ export const api = {
     request<StudioEdge>('POST', `${project(id)}/edges`, edge),
   deleteEdge: (id: string, edgeId: string) =>
     request<void>('DELETE', `${project(id)}/edges/${encodeURIComponent(edgeId)}`),
+  createAsset: (id: string, draft: AssetDraft) => request<Asset>('POST', `${project(id)}/assets`, draft),
+  listLoras: () => request<LoraFile[]>('GET', '/loras'),
 };
 
 /** URL of a file of the project (a take, a live preview), given its project-relative path;

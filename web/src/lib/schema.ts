@@ -27,3 +27,8 @@ export function clamp(value: number, b: Bounds): number {
   const stepped = b.multipleOf ? Math.round(value / b.multipleOf) * b.multipleOf : value;
   return Math.min(b.max, Math.max(b.min, stepped));
 }
+
+/** Each aspect preset's pixel size, as the params schema gives it (`x-aspect-presets`). */
+export function presetSizes(params: JsonSchema): Record<string, [number, number]> {
+  return params['x-aspect-presets'] ?? {};
+}

@@ -4,6 +4,8 @@
 import { api } from './api';
 import { ProjectSocket, type Envelope } from './socket.svelte';
 import type {
+  Asset,
+  AssetDraft,
   NodeState,
   NodeTypeSpec,
   Params,
@@ -147,6 +149,20 @@ class Studio {
     if (this.errors[node.id]) return this.errors[node.id];
     const failed = node.takes.findLast((t) => t.status === 'failed');
     return failed?.error ?? null;
+  }
+
+  // --- assets ------------------------------------------------------------------------------
+
+  /** Creates a character or style asset; it is listed in the palette at once. Throws the
+   * server's refusal (an ApiError) for the form to show. */
+  async createAsset(draft: AssetDraft): Promise<Asset> {
+    const project = this.project;
+    if (!project) throw new Error('No project is open.');
+    const asset = await api.createAsset(project.id, draft);
+    // A reload meanwhile may have brought it already.
+    const open = this.project;
+    if (open?.id === project.id && !open.assets.some((a) => a.id === asset.id)) open.assets.push(asset);
+    return asset;
   }
 
   // --- editing the graph -------------------------------------------------------------------

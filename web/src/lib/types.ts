@@ -27,6 +27,8 @@ export interface SocketSpec {
 }
 
 export interface JsonSchema {
+  /** text_to_image params: each aspect preset's [width, height] in pixels (studio.nodes). */
+  'x-aspect-presets'?: Record<string, [number, number]>;
   type?: string;
   minimum?: number;
   maximum?: number;
@@ -87,6 +89,20 @@ export interface Asset {
   id: string;
   kind: AssetKind;
   name: string;
+  /** Relative to the workspace root (Library/LoRAs/alex.safetensors). */
+  lora_path: string | null;
+  lora_weight: number;
+  trigger_words: string[];
+  style_prompt: string;
+}
+
+/** What POST /api/projects/{id}/assets takes: an asset without its id (the server makes it). */
+export type AssetDraft = Omit<Asset, 'id'>;
+
+/** A LoRA file of the workspace (GET /api/loras). */
+export interface LoraFile {
+  path: string;
+  size: number;
 }
 
 export interface Project {
