@@ -65,13 +65,12 @@ def build_full_pipeline(variant: str, device: str) -> Any:
     import torch
     from diffusers import (
         AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
         FluxPipeline,
         FluxTransformer2DModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from scripts.make_tiny_model import _clip_tokenizer, _t5_tokenizer
+    from scripts.make_tiny_model import _clip_tokenizer, _t5_tokenizer, flux_scheduler
 
     dev = variant == "FLUX.1-dev"
     tokenizer, tokenizer_2 = _clip_tokenizer(), _t5_tokenizer()
@@ -104,13 +103,7 @@ def build_full_pipeline(variant: str, device: str) -> Any:
             ))
     finally:
         torch.set_default_dtype(previous)
-    if dev:
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-            base_image_seq_len=256, max_image_seq_len=4096,
-        )
-    else:
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    scheduler = flux_scheduler(dev)
     for module in (transformer, vae, text_encoder, text_encoder_2):
         module.eval()
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,

@@ -62,12 +62,23 @@ def _t5_tokenizer() -> Any:
     return T5Tokenizer(vocab=pieces, extra_ids=8, model_max_length=512)
 
 
+def flux_scheduler(dev: bool) -> Any:
+    """The real checkpoints' scheduler: FLUX.1-dev shifts by resolution, schnell does not."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if dev:
+        return FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+            base_image_seq_len=256, max_image_seq_len=4096,
+        )
+    return FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+
+
 def build_tiny_pipeline(variant: str, seed: int = 0) -> FluxPipeline:
     """Build a tiny FLUX pipeline in memory, in eval mode; dev has guidance_embeds, schnell not."""
     import torch
     from diffusers import (
         AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
         FluxPipeline,
         FluxTransformer2DModel,
     )
@@ -141,17 +152,10 @@ def build_tiny_pipeline(variant: str, seed: int = 0) -> FluxPipeline:
             is_encoder_decoder=False,
         )
     )
-    if dev:
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-            base_image_seq_len=256, max_image_seq_len=4096,
-        )
-    else:
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     for module in (transformer, vae, text_encoder, text_encoder_2):
         module.eval()  # modules built from a config start in training mode
     return FluxPipeline(
-        scheduler=scheduler,
+        scheduler=flux_scheduler(dev),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
