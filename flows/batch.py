@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from studio.graph import node_state
 from studio.jobs import prepare_take
+from studio.manifest import Project
 from studio.store import ProjectStore
 from studio.tiers import Quality
 from studio.workspace import Workspace
@@ -26,8 +27,7 @@ class NodeSelection(BaseModel):
     node_ids: list[str] = Field(default_factory=list, description="only these node ids")
 
 
-def select_nodes(store: ProjectStore, project_id: str, selection: NodeSelection) -> list[str]:
-    project = store.load(project_id)
+def select_nodes(project: Project, selection: NodeSelection) -> list[str]:
     chosen = []
     for node in project.nodes:
         if node.node_type != "text_to_image" or node.shot is None:
@@ -60,7 +60,7 @@ def batch_takes(
     store = ProjectStore(Workspace())
     project = store.load(project_id)
     q = Quality(quality or project.quality)
-    node_ids = select_nodes(store, project_id, selection or NodeSelection())
+    node_ids = select_nodes(project, selection or NodeSelection())
     if not node_ids:
         raise ValueError(f"no Text-to-Image node of {project_id} matches {selection}")
     logger.info("%s: %d node(s) x %d take(s) at quality %s",

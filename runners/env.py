@@ -11,7 +11,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from studio.jobs import TakeJob
-from studio.tiers import TIERS
+from studio.tiers import tier_for_pipeline
 
 CONTAINER_WORKSPACE = PurePosixPath("/workspace")
 
@@ -23,8 +23,7 @@ def models_root(workspace_root: Path) -> Path:
 
 
 def model_dir(workspace_root: Path, pipeline_id: str) -> Path:
-    tier = next(t for t in TIERS.values() if t.pipeline_id == pipeline_id)
-    return models_root(workspace_root) / "flux" / tier.variant
+    return models_root(workspace_root) / "flux" / tier_for_pipeline(pipeline_id).variant
 
 
 def runner_env(
