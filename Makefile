@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export STUDIO_WORKSPACE ?= $(CURDIR)/Generative_Studio_Workspace
 
-.PHONY: setup up demo test lint download-models build-flux up-with-flux web
+.PHONY: setup up demo test test-fast lint download-models build-flux up-with-flux web
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,11 @@ demo: setup web
 test: setup web
 	@$(PY) -m ruff check .
 	@$(PY) -m pytest
+
+# The fast lane: the domain and unit tests, no servers, no browser, no canvas build.
+test-fast: setup
+	@$(PY) -m ruff check .
+	@$(PY) -m pytest -m "not stack and not slow"
 
 lint: setup
 	@$(PY) -m ruff check .

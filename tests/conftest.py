@@ -38,6 +38,22 @@ def session_root() -> Path:
     return _SESSION_ROOT
 
 
+# Without servers but seconds each (torch and a pipeline, subprocesses, 50 processes): not in
+# `make test-fast`, which keeps the domain and unit tests under half a minute.
+_SLOW_MODULE_PREFIXES = ("test_runner_flux_", "test_flux_bench", "test_cli")
+_SLOW_TESTS = {
+    "test_50_concurrent_allocations_in_processes_get_50_distinct_takes",
+    "test_a_process_killed_while_saving_leaves_a_manifest_that_loads",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Prefect-restart test disturbs the shared server: it runs after everything else."""
+    """Every test that needs the session's Prefect server is in the `stack` lane (so
+    `make test-fast` runs without servers); the Prefect-restart test disturbs the shared server,
+    so it runs after everything else."""
+    for item in items:
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)
+        elif item.path.name.startswith(_SLOW_MODULE_PREFIXES) or item.name in _SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: "prefect_restart" in item.nodeid)
