@@ -346,5 +346,8 @@ def project_file(project_id: str, path: str, store: Store) -> FileResponse:
         exists = False
     if not exists:
         raise HTTPException(404, f"{path[:200]!r} does not exist in project {project_id}")
-    return FileResponse(target)
+    # Served as data, never as a page of the studio's origin (an .html or .svg someone put in
+    # the project would otherwise run script that can drive the API).
+    return FileResponse(target, headers={
+        "Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'"})
 

@@ -97,7 +97,31 @@ class EdgeGuard:
                          f"Origin {origin!r} may not use this studio; "
                          "set STUDIO_ALLOWED_ORIGINS to allow it")
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, _with_headers(send) if scope["type"] == "http" else send)
+
+
+# On every HTTP response: no page may frame the studio (a framed canvas is same-origin, so
+# clicks tricked out of the artist would pass the Origin check), and no type sniffing.
+SECURITY_HEADERS = (
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+)
+FRAME_POLICY = b"frame-ancestors 'none'"
+
+
+def _with_headers(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            names = {k.lower() for k, _ in headers}
+            headers += [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+            if b"content-security-policy" not in names:
+                headers.append((b"content-security-policy", FRAME_POLICY))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
 
 
 def _is_probe(scope: Scope) -> bool:

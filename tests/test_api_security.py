@@ -129,6 +129,18 @@ def test_the_loopback_names_are_answered_on_any_port(api: ApiServer, http: httpx
     assert response.status_code == 200
 
 
+def test_no_page_may_frame_the_studio_and_project_files_are_served_as_data(
+        http: httpx.Client, project: tuple[str, str]) -> None:
+    page = http.get("/api/projects")
+    served = http.get(f"/api/projects/{project[0]}/files/project.json")
+
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert served.status_code == 200
+    assert served.headers["content-security-policy"].startswith("sandbox")
+    assert served.headers["x-content-type-options"] == "nosniff"
+
+
 # --- limits at the edge ---------------------------------------------------------------------
 
 
