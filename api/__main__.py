@@ -12,6 +12,8 @@ import sys
 
 from api.auth import is_loopback
 
+WILDCARDS = ("0.0.0.0", "::", "")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
@@ -27,9 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.settings import Settings
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level,
-                ws_ping_interval=20, ws_ping_timeout=20)
+    settings = Settings()
+    if args.host not in WILDCARDS:  # the address it listens on is one of its own names
+        settings.allowed_hosts.append(args.host)
+    # Frames above ws_max_size close the socket (1009); below it, the gateway's own frame limit
+    # answers server:error and keeps the socket open.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+                ws_ping_interval=20, ws_ping_timeout=20, ws_max_size=1024 * 1024)
     return 0
 
 

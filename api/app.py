@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prefect.settings import PREFECT_API_URL
 
-from api import routes_assets, routes_projects, ws
+from api import routes_assets, routes_projects, security, ws
+from api.auth import canvas_index
 from api.dispatcher import Dispatcher
 from api.hub import Hub
 from api.reconcile import Reconciler
@@ -104,12 +105,21 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
 
 
+def _install_edge(app: FastAPI, settings: Settings) -> None:
+    """Host and Origin checks and the body limit (api/security.py), outermost first."""
+    app.add_middleware(security.BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(security.EdgeGuard, allowed_hosts=settings.hosts(),
+                       allowed_origins=settings.allowed_origins)
+    security.install_log_redaction()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     gateway = Gateway(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        security.install_log_redaction()  # again: the server's logging is configured by now
         await gateway.start()
         try:
             yield
@@ -129,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_projects.router)
     app.include_router(routes_assets.router)
     app.include_router(ws.router)
+    _install_edge(app, settings)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
@@ -148,6 +159,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(body)
 
     if settings.web_dist.is_dir():
+        index = settings.web_dist / "index.html"
+
+        @app.get("/", include_in_schema=False)
+        def canvas(request: Request) -> Response:
+            return canvas_index(request, index)  # trades ?token= for the session cookie
+
         # Mounted last: /api, /ws, /docs and /healthz take precedence.
         app.mount("/", StaticFiles(directory=settings.web_dist, html=True), name="canvas")
     else:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from api.auth import require_token
 from api.messages import protocol_schema
@@ -26,10 +26,10 @@ from studio.manifest import (
     new_node,
 )
 from studio.nodes import NodeState, node_type, node_types_schema
-from studio.store import ProjectNotFound, ProjectStore
+from studio.store import ProjectStore
 from studio.takes import set_active_take
 from studio.tiers import Quality
-from studio.workspace import safe_path
+from studio.workspace import MAX_NAME_CHARS, check_project_name, safe_path
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
@@ -41,13 +41,20 @@ class _In(BaseModel):
 # --- bodies ---------------------------------------------------------------------------------
 
 
+# Letters of any script, digits, spaces, '-' and '_' (studio.workspace.check_project_name).
+ProjectName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS,
+                                   examples=["Project Odyssey", "東京の夜"]),
+                        AfterValidator(check_project_name)]
+
+
 class ProjectCreate(_In):
-    name: str = Field(min_length=1, max_length=200, examples=["Project Odyssey"])
+    name: ProjectName = Field(description="shown as is; the project's id (its folder name) "
+                              "is derived from it (ASCII) and returned")
     quality: Quality = Quality.standard
 
 
 class ProjectPatch(_In):
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: ProjectName | None = Field(None, description="renames; the id and folder stay")
     quality: Quality | None = None
 
 
@@ -331,10 +338,16 @@ def ws_protocol() -> dict[str, Any]:
             responses={200: {"content": {"image/png": {}, "application/octet-stream": {}}}})
 def project_file(project_id: str, path: str, store: Store) -> FileResponse:
     """A file of the project (renders, previews), read-only; never one outside it."""
-    if not store.manifest_path(project_id).is_file():
-        raise ProjectNotFound(f"project {project_id!r} does not exist")
-    target: Path = safe_path(store.project_dir(project_id), path)  # PathEscapeError -> 400
-    if not target.is_file():
-        raise HTTPException(404, f"{path!r} does not exist in project {project_id}")
-    return FileResponse(target)
+    folder = store.existing_dir(project_id)  # ProjectNotFound (also: linked outside) -> 404
+    target: Path = safe_path(folder, path)  # PathEscapeError -> 400
+    try:
+        exists = target.is_file()
+    except OSError:  # a name too long for the file system, say: it cannot exist
+        exists = False
+    if not exists:
+        raise HTTPException(404, f"{path[:200]!r} does not exist in project {project_id}")
+    # Served as data, never as a page of the studio's origin (an .html or .svg someone put in
+    # the project would otherwise run script that can drive the API).
+    return FileResponse(target, headers={
+        "Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'"})
 

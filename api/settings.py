@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from api.security import LOOPBACK_HOSTS
 from studio.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -16,10 +17,15 @@ def _float(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+def _list(name: str) -> list[str]:
+    """A comma-separated environment variable as a list (blanks dropped)."""
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
 @dataclass
 class Settings:
     workspace: Workspace = field(default_factory=Workspace)
-    # When set, every /api route and /ws need it (Bearer header or ?token=).
+    # When set, every /api route and /ws need it (Bearer header, ?token= or the canvas's cookie).
     token: str | None = field(default_factory=lambda: os.environ.get("STUDIO_API_TOKEN") or None)
     # How often the reconciler looks for lost or abandoned takes.
     reconcile_seconds: float = field(
@@ -30,3 +36,16 @@ class Settings:
     # Where the built canvas lives; served at / when it exists.
     web_dist: Path = field(
         default_factory=lambda: Path(os.environ.get("STUDIO_WEB_DIST", REPO / "web" / "dist")))
+    # Host names this API answers to besides 127.0.0.1, localhost and ::1 (any port): a request
+    # for another Host is refused, which defeats DNS rebinding. "*" allows any (not advised).
+    allowed_hosts: list[str] = field(default_factory=lambda: _list("STUDIO_ALLOWED_HOSTS"))
+    # Origins (scheme://host[:port]) that may open /ws and change things, besides the origin a
+    # request was addressed to (the served canvas's own): e.g. a reverse proxy's public origin.
+    allowed_origins: list[str] = field(default_factory=lambda: _list("STUDIO_ALLOWED_ORIGINS"))
+    # The largest request body accepted (413 above it, before parsing).
+    max_body_bytes: int = field(
+        default_factory=lambda: int(os.environ.get("STUDIO_MAX_BODY_BYTES") or 1024 * 1024))
+
+    def hosts(self) -> list[str]:
+        """Every allowed Host name: the loopback names, then STUDIO_ALLOWED_HOSTS."""
+        return [*LOOPBACK_HOSTS, *self.allowed_hosts]

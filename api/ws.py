@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -11,6 +10,7 @@ from pydantic import ValidationError
 from api.auth import token_ok
 from api.hub import Client, Message
 from api.messages import ClientStartGeneration, Error, parse_client_message, server_message
+from api.security import FrameRefused, load_frame
 from api.views import in_flight_takes, snapshot
 from studio.manifest import ManifestError
 from studio.store import ProjectNotFound
@@ -28,9 +28,9 @@ def error(reason: str, request_type: str | None = None) -> Message:
 def parse(raw: str) -> ClientStartGeneration | Message:
     """The client's message, or the server:error explaining why it is refused."""
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return error(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
+        data = load_frame(raw)  # bounded in size and depth before the parser sees it
+    except FrameRefused as exc:
+        return error(str(exc))
     if not isinstance(data, dict):
         return error('a message is a JSON object {"type": "...", "payload": {...}}')
     kind = data.get("type")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
+from studio.nodes import MAX_PROMPT_CHARS
 from studio.tiers import TIERS, Quality
 
 if TYPE_CHECKING:
@@ -49,6 +50,15 @@ class TakeJob(BaseModel):
     params: GenerationParams
 
 
+def check_prompt_length(params: GenerationParams) -> None:
+    """The prompt as composed (trigger words, prompt, style prompts) must fit the runner."""
+    for what, text in (("prompt", params.prompt), ("negative prompt", params.negative_prompt)):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ValueError(
+                f"the {what} with its assets' trigger words and style prompts is {len(text)} "
+                f"characters; FLUX takes at most {MAX_PROMPT_CHARS}")
+
+
 def prepare_take(
     store: ProjectStore,
     project_id: str,
@@ -69,6 +79,7 @@ def prepare_take(
     project = store.load(project_id)
     resolved = resolve_inputs(project, node_id)
     params = to_generation_params(resolved, seed)
+    check_prompt_length(params)  # before a take is reserved for a render that would fail
     tier = TIERS[Quality(quality_used)]
     take = reserve_take(
         store,

@@ -45,6 +45,8 @@ SIDE_MIN = 256
 SIDE_MAX = 2048
 SIDE_MULTIPLE = 16
 MAX_PIXELS = 4_000_000
+# The runner refuses longer prompts (runners/flux/generation.py): refused here, at the edge.
+MAX_PROMPT_CHARS = 4000
 
 # Multiples of 16 near 1 MP, the size FLUX is trained around.
 ASPECT_PRESETS: dict[str, tuple[int, int]] = {
@@ -85,8 +87,9 @@ class TextToImageParams(ParamsBase):
         }
     )
 
-    prompt: str = Field("", description="positive prompt (on the node and in the inspector)")
-    negative_prompt: str = ""
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS,
+                        description="positive prompt (on the node and in the inspector)")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: a random seed per take")
     randomize_seed: bool = Field(False, description="a new seed per take, `seed` kept for later")
     steps: int = Field(28, ge=1, le=100)
@@ -124,7 +127,8 @@ class TextToImageParams(ParamsBase):
 
 
 class StringParams(ParamsBase):
-    value: str = ""
+    # A String node feeds prompts: bounded like them.
+    value: str = Field("", max_length=MAX_PROMPT_CHARS)
 
 
 class IntegerParams(ParamsBase):

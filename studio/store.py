@@ -19,7 +19,14 @@ from studio.manifest import (
     write_project,
 )
 from studio.tiers import Quality
-from studio.workspace import MANIFEST, PROJECT_FOLDERS, PROJECT_ID_RE, Workspace, slugify
+from studio.workspace import (
+    MANIFEST,
+    PROJECT_FOLDERS,
+    PROJECT_ID_RE,
+    Workspace,
+    check_project_name,
+    slugify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,11 @@ class ProjectStore:
         return self.project_dir(project_id) / MANIFEST
 
     def create(self, name: str, quality: Quality | str = Quality.standard) -> Project:
-        """A new, empty project with its numbered folders; its id is unique in the workspace."""
+        """A new, empty project with its numbered folders; its id is unique in the workspace.
+
+        Raises ValueError for a name `check_project_name` refuses.
+        """
+        name = check_project_name(name)
         self.workspace.ensure()
         base = slugify(name)
         for n in count(1):
@@ -77,7 +88,18 @@ class ProjectStore:
         path = self.manifest_path(project_id)
         if not path.is_file():
             raise ProjectNotFound(f"no project {project_id!r} in {self.workspace.projects_dir}")
+        # A project folder (or its project.json) linked to elsewhere would have the API read,
+        # serve and write files outside the workspace: it is not a project of this workspace.
+        if not path.resolve().is_relative_to(self.workspace.projects_dir.resolve()):
+            log.warning("project %s leads outside the workspace (to %s); ignored",
+                        project_id, path.resolve().parent)
+            raise ProjectNotFound(f"project {project_id!r} is a link to outside the workspace; "
+                                  "move it into the workspace instead of linking it")
         return path
+
+    def existing_dir(self, project_id: str) -> Path:
+        """The folder of a project that exists and lies inside the workspace."""
+        return self._existing_manifest(project_id).parent
 
     def load(self, project_id: str) -> Project:
         path = self._existing_manifest(project_id)

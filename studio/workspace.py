@@ -49,18 +49,81 @@ def safe_path(project_dir: Path, rel: str) -> Path:
     Works the same for any base folder, e.g. the workspace root for LoRA paths.
     """
     base = Path(project_dir).resolve()
-    resolved = (base / check_relative(rel)).resolve()
+    try:
+        resolved = (base / check_relative(rel)).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise PathEscapeError(f"{rel[:200]!r} cannot be resolved ({type(exc).__name__})") from None
     if not resolved.is_relative_to(base):
         raise PathEscapeError(f"{rel!r} leads outside {base} through a symlink (to {resolved})")
     return resolved
 
 
+# --- project names --------------------------------------------------------------------------
+
+MAX_NAME_CHARS = 100
+# Device names Windows will not create a file or folder under, with any extension, any case.
+WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"}
+    | {f"{dev}{n}" for dev in ("COM", "LPT") for n in (*"123456789", "¹", "²", "³")}
+)
+# Joiners that some scripts (Persian, Devanagari, ...) need inside words.
+_JOINERS = frozenset("\u200c\u200d")
+_NAME_PUNCTUATION = frozenset("-_")
+
+
+def is_windows_reserved(name: str) -> bool:
+    return name.split(".", 1)[0].strip().upper() in WINDOWS_RESERVED
+
+
+def _name_char_ok(char: str) -> bool:
+    category = unicodedata.category(char)
+    return (category[0] in "LMN" or category == "Zs" or char in _NAME_PUNCTUATION
+            or char in _JOINERS)
+
+
+def check_project_name(name: str) -> str:
+    """A project's name as shown: letters of any script, digits, spaces, '-' and '_'.
+
+    Never control characters (NUL, newlines, bidi overrides), never a Windows device name; the
+    name is NFC-normalized and stripped. Raises ValueError saying what is wrong.
+    """
+    name = unicodedata.normalize("NFC", name).strip()
+    if not name:
+        raise ValueError("a project name needs at least one letter or digit")
+    if len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"a project name has at most {MAX_NAME_CHARS} characters, "
+                         f"not {len(name)}")
+    bad = sorted({c for c in name if not _name_char_ok(c)})
+    if bad:
+        shown = ", ".join(repr(c) if c.isprintable() else f"U+{ord(c):04X}" for c in bad[:5])
+        raise ValueError("a project name holds letters (of any script), digits, spaces, '-' "
+                         f"and '_'; not {shown}")
+    if not any(c.isalnum() for c in name):
+        raise ValueError(f"project name {name!r} has no letters or digits")
+    if is_windows_reserved(name):
+        raise ValueError(f"{name!r} is a device name on Windows (CON, PRN, AUX, NUL, COM1-9, "
+                         "LPT1-9) and cannot name a project")
+    return name
+
+
+# A project named only in scripts without an ASCII form (Japanese, Greek, ...) gets this id.
+FALLBACK_ID = "Project"
+
+
 def slugify(name: str) -> str:
-    """A project id from its name: "Project Odyssey" -> "Project_Odyssey"."""
+    """A project id (its folder name) from its name: "Project Odyssey" -> "Project_Odyssey".
+
+    ASCII only, so the folder name is safe on every file system and in URLs, tags and container
+    names; a name with letters but none of them Latin gets FALLBACK_ID (the store numbers it).
+    """
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_name).strip("_-")[:64].rstrip("_-")
     if not slug:
-        raise ValueError(f"project name {name!r} has no letters or digits to make an id from")
+        if not any(c.isalnum() for c in name):
+            raise ValueError(f"project name {name!r} has no letters or digits to make an id from")
+        slug = FALLBACK_ID
+    if is_windows_reserved(slug):
+        slug = f"{slug}_project"
     return slug
 
 

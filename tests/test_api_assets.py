@@ -172,5 +172,7 @@ def test_a_workspace_without_library_loras_lists_none(tmp_path: Path) -> None:
     from api.settings import Settings
     from studio.workspace import Workspace
 
-    client = TestClient(create_app(Settings(workspace=Workspace(tmp_path / "bare"))))
+    # Addressed by a loopback name: the API answers no other Host (docs/security.md).
+    client = TestClient(create_app(Settings(workspace=Workspace(tmp_path / "bare"))),
+                        base_url="http://127.0.0.1")
     assert client.get("/api/loras").json() == []
