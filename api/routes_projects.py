@@ -28,7 +28,7 @@ from studio.manifest import (
 from studio.nodes import NodeState, node_type, node_types_schema
 from studio.store import ProjectNotFound, ProjectStore
 from studio.takes import set_active_take
-from studio.tiers import Quality
+from studio.tiers import FallbackPolicy, Quality
 from studio.workspace import safe_path
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
@@ -49,6 +49,8 @@ class ProjectCreate(_In):
 class ProjectPatch(_In):
     name: str | None = Field(None, min_length=1, max_length=200)
     quality: Quality | None = None
+    fallback: FallbackPolicy | None = None
+    fallback_grace_seconds: float | None = Field(None, ge=0, le=3600, allow_inf_nan=False)
 
 
 class NodeCreate(_In):
@@ -104,6 +106,8 @@ class ProjectOut(BaseModel):
     id: str
     name: str
     quality: Quality
+    fallback: FallbackPolicy
+    fallback_grace_seconds: float
     nodes: list[NodeOut]
     edges: list[Edge]
     assets: list[Asset]
@@ -138,7 +142,9 @@ def node_out(project: Project, node: Node) -> NodeOut:
 def project_out(project: Project) -> ProjectOut:
     return ProjectOut(
         schema_version=project.schema_version, id=project.id, name=project.name,
-        quality=project.quality, nodes=[node_out(project, n) for n in project.nodes],
+        quality=project.quality, fallback=project.fallback,
+        fallback_grace_seconds=project.fallback_grace_seconds,
+        nodes=[node_out(project, n) for n in project.nodes],
         edges=project.edges, assets=project.assets,
     )
 
@@ -214,6 +220,10 @@ def update_project(project_id: str, body: ProjectPatch, store: Store) -> Project
             project.name = body.name
         if body.quality is not None:
             project.quality = body.quality
+        if body.fallback is not None:
+            project.fallback = body.fallback
+        if body.fallback_grace_seconds is not None:
+            project.fallback_grace_seconds = body.fallback_grace_seconds
     return project_out(store.load(project_id))
 
 
