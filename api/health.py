@@ -51,7 +51,8 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(status_code=200 if body["prefect"] == "ok" else 503, content=body)
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready: the body says what it "
+                                             "waits for"}})
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: 200 only when every tier the stack started has a worker online (any tier,
     when STUDIO_TIERS names none) and Prefect answers; 503 says which tier is not."""

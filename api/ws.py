@@ -16,7 +16,6 @@ from api.messages import (
     ClientCancelGeneration,
     ClientStartGeneration,
     Error,
-    TierStates,
     parse_client_message,
     server_message,
 )
@@ -73,9 +72,9 @@ async def project_socket(websocket: WebSocket, project_id: str) -> None:
             return [error(f"project {project_id!r} cannot be read: {exc}")]
         for node_id, take in in_flight_takes(project):
             gateway.relay.track(project_id, node_id, take.id)
-        tiers = gateway.relay.tiers
-        return [server_message(TierStates(tiers=tiers.states())),
-                *snapshot(project, lambda t: gateway.relay.place(t.quality_used, t.id))]
+        # Tier states come with each change (server:tier_states); on load the canvas reads
+        # them from /healthz.
+        return snapshot(project, lambda t: gateway.relay.place(t.quality_used, t.id))
 
     client = Client(websocket, project_id)
     await gateway.hub.attach(client, on_connect)

@@ -245,6 +245,8 @@ def test_no_generated_request_makes_the_api_answer_5xx(api: ApiServer,
 
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.path == "/readyz":
+            continue  # its 503 is the answer "not ready yet" (no worker runs in this module)
         strategy = operation.as_strategy()
 
         @given(case=strategy)
