@@ -119,7 +119,8 @@ class Tiers:
     # --- workers ----------------------------------------------------------------------------
 
     async def poll(self) -> bool:
-        """Asks Prefect which task workers are connected; True when a tier's state changed."""
+        """Asks Prefect which task workers are connected; True when a tier's state or worker
+        count changed."""
         from tasks.text_to_image import TIER_TASKS
 
         by_key = {t.task_key: q for q, t in TIER_TASKS.items()}
@@ -127,7 +128,7 @@ class Tiers:
         for worker in await connected_task_workers(ALL):
             for q in {by_key[k] for k in worker.get("task_keys", []) if k in by_key}:
                 counts[q] += 1
-        before = self.states()
+        before = self._workers_view()
         now = time.monotonic()
         for q, tier in self._tiers.items():
             tier.workers = counts[q]
@@ -141,7 +142,12 @@ class Tiers:
                 tier.online_since = None
                 tier.offline_since = tier.last_seen or now
         self.polled.set()
-        return self.states() != before
+        return self._workers_view() != before
+
+    def _workers_view(self) -> list[tuple[str, int]]:
+        """What a tier-state message is sent for: workers coming and going (queue depths change
+        with every click and are read from /healthz)."""
+        return [(self.state(q), t.workers) for q, t in self._tiers.items()]
 
     async def run(self) -> None:
         while True:

@@ -31,6 +31,7 @@ from tests.api_helpers import ApiServer, add_t2i, assert_no_worker_online, is_, 
 @pytest.fixture(scope="module")
 def api(prefect_server: LocalPrefectServer,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    assert_no_worker_online()  # a worker vanishing later would send tier states mid-test
     server = ApiServer(tmp_path_factory.mktemp("api-refusals"), reconcile_seconds=0.5).start()
     yield server
     server.stop()
