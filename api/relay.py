@@ -68,7 +68,7 @@ class Relay:
         self._sent_place: _Bounded = _Bounded(50_000)  # take id -> (position, reason)
         self._dirty: set[Quality] = set()
         self._places: asyncio.Task[None] | None = None
-        self._cache: dict[str, tuple[tuple[int, int], Project]] = {}
+        self._cache: dict[str, tuple[tuple[int, int, int], Project]] = {}
         self.handing_out: set[str] = set()  # take ids a dispatcher is submitting right now
         self.started_at = datetime.now(UTC)
         self.connected = asyncio.Event()
@@ -188,6 +188,7 @@ class Relay:
             if tier is not None:
                 await self.tiers.started(tier, project_id, node_id, take_id)
             attempt = payload.get("attempt")
+            self._progress.pop(take_id, None)  # a retry's progress starts again from 0
             await self.publish_state(project_id, node_id, take_id, task_id,
                                      state=NodeState.generating,
                                      attempt=int(attempt) if attempt else None)
@@ -248,7 +249,7 @@ class Relay:
             stat = path.stat()
         except FileNotFoundError:
             raise ProjectNotFound(project_id) from None
-        key = (stat.st_mtime_ns, stat.st_size)
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         cached = self._cache.get(project_id)
         if cached and cached[0] == key:
             return cached[1]
