@@ -13,14 +13,12 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prefect.settings import PREFECT_API_URL
 
-from api import routes_assets, routes_projects, security, ws
+from api import health, routes_assets, routes_projects, routes_takes, security, ws
 from api.auth import canvas_index
 from api.dispatcher import Dispatcher
 from api.hub import Hub
@@ -33,7 +31,6 @@ from studio.nodes import UnknownNodeType
 from studio.store import ProjectNotFound, ProjectStore
 from studio.takes import TakeError
 from studio.workspace import PathEscapeError
-from tasks.availability import online_tiers
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ws.router)
     _install_edge(app, settings)
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> JSONResponse:
-        """The API itself, and whether the Prefect server answers (with the tiers online)."""
-        url = str(PREFECT_API_URL.value() or "")
-        body: dict[str, Any] = {"api": "ok", "prefect_api_url": url,
-                                "relay": "connected" if gateway.relay.connected.is_set()
-                                else "connecting"}
-        try:
-            async with httpx.AsyncClient(timeout=3) as client:
-                (await client.get(f"{url}/health")).raise_for_status()
-            body["prefect"] = "ok"
-            body["online_tiers"] = sorted(q.value for q in await online_tiers())
-        except Exception as exc:
-            body["prefect"] = f"unreachable: {exc}"
-            return JSONResponse(status_code=503, content=body)
-        return JSONResponse(body)
+    app.include_router(health.router)
+    app.include_router(routes_takes.router)
 
     if settings.web_dist.is_dir():
         index = settings.web_dist / "index.html"

@@ -37,10 +37,35 @@ class ClientStartGeneration(BaseModel):
     payload: StartGeneration
 
 
-ClientMessage = ClientStartGeneration  # the only client message so far
+class CancelGeneration(_Payload):
+    take_id: str = Field(min_length=1, max_length=200)
+
+
+class ClientCancelGeneration(BaseModel):
+    """Cancel a take while it is queued or generating: it leaves the queue, or stops at the
+    next denoising step; it is recorded `cancelled` and its file never appears."""
+
+    type: Literal["client:cancel_generation"] = "client:cancel_generation"
+    payload: CancelGeneration
+
+
+ClientMessage = Annotated[ClientStartGeneration | ClientCancelGeneration,
+                          Field(discriminator="type")]
+CLIENT_PAYLOADS: dict[str, type[_Payload]] = {
+    "client:start_generation": StartGeneration,
+    "client:cancel_generation": CancelGeneration,
+}
 
 
 # --- server -> client -----------------------------------------------------------------------
+
+
+class QueuePlace(_Payload):
+    """Where a queued take waits: its tier's queue, shared by every project of the workspace."""
+
+    tier: Quality
+    position: int = Field(ge=1, description="1 = the next take this tier's worker starts")
+    reason: str = Field(examples=["waiting for a standard GPU worker (none is online yet)"])
 
 
 class NodeStateUpdated(_Payload):
@@ -52,6 +77,11 @@ class NodeStateUpdated(_Payload):
     )
     take_id: str | None = Field(None, description="the take whose change caused this update")
     task_id: TaskId | None = None
+    queue: QueuePlace | None = Field(
+        None, description="while the take named by take_id is queued: its place in its tier's "
+        "queue and why it waits; re-sent only when the place changes")
+    attempt: int | None = Field(
+        None, description="the take's attempt when a worker died and it is being retried (2)")
 
 
 class TaskProgress(_Payload):
@@ -87,6 +117,27 @@ class TaskFailed(_Payload):
     error: str = Field(description="a message a person can read")
 
 
+class TaskCancelled(_Payload):
+    task_id: TaskId | None = None
+    node_id: NodeId
+    take_id: str
+
+
+class TierState(_Payload):
+    tier: Quality
+    state: Literal["starting", "online", "offline"] = Field(
+        description="starting: expected but no worker yet; offline: no worker (any more)")
+    workers: int = Field(ge=0, description="task workers connected for this tier")
+    queued: int = Field(ge=0, description="takes waiting in this tier's queue")
+    generating: int = Field(ge=0)
+    problem: str | None = Field(None, description="e.g. no weights, with the command that "
+                                "fixes it")
+
+
+class TierStates(_Payload):
+    tiers: list[TierState]
+
+
 class QualityFallback(_Payload):
     node_id: NodeId
     requested: Quality
@@ -104,7 +155,9 @@ SERVER_PAYLOADS: dict[str, type[_Payload]] = {
     "server:task_progress": TaskProgress,
     "server:task_success": TaskSuccess,
     "server:task_failed": TaskFailed,
+    "server:task_cancelled": TaskCancelled,
     "server:quality_fallback": QualityFallback,
+    "server:tier_states": TierStates,
     "server:error": Error,
 }
 
@@ -117,7 +170,9 @@ class ServerMessage(BaseModel):
         "server:task_progress",
         "server:task_success",
         "server:task_failed",
+        "server:task_cancelled",
         "server:quality_fallback",
+        "server:tier_states",
         "server:error",
     ]
     payload: dict[str, Any]
@@ -134,14 +189,15 @@ def protocol_schema() -> dict[str, Any]:
     return {
         "envelope": {"type": "object", "required": ["type", "payload"],
                      "properties": {"type": {"type": "string"}, "payload": {"type": "object"}}},
-        "client": {"client:start_generation": StartGeneration.model_json_schema()},
+        "client": {t: cls.model_json_schema() for t, cls in CLIENT_PAYLOADS.items()},
         "server": {t: cls.model_json_schema() for t, cls in SERVER_PAYLOADS.items()},
     }
 
 
-_CLIENT = TypeAdapter(ClientMessage)
+_CLIENT: TypeAdapter[ClientStartGeneration | ClientCancelGeneration] = TypeAdapter(
+    ClientMessage)
 
 
-def parse_client_message(data: Any) -> ClientMessage:
+def parse_client_message(data: Any) -> ClientStartGeneration | ClientCancelGeneration:
     """Raises pydantic.ValidationError for anything that is not a known client message."""
     return _CLIENT.validate_python(data)

@@ -1,45 +1,47 @@
 """Reconciliation: no take stays `queued` or `generating` forever, and none runs twice.
 
-Prefect keeps the queue of background tasks in the server's memory: after a server restart a
-task run delivered to no worker stays SCHEDULED and is never delivered (notes/prefect-facts.md).
-For such a take the reconciler proposes the *same* task run to Prefect as SCHEDULED again,
-which puts it back on the server's queue (Prefect's EnqueueScheduledTasks rule). Re-using the
-run, not making a new one, is what keeps "never twice": a copy delivered after the run
-completed is refused by Prefect ("This run is already completed").
+Every pass rebuilds the tiers' queues from the manifests, gathers the facts of each take in
+flight (its task run's state from Prefect only when it could have been lost) and acts on
+api.reconcile_rules.decide:
 
-A take is handed out again once (`attempts` 0 -> 1 while queued); lost again, or still not
-started after `queue_timeout_seconds`, it fails with the reason. A `generating` take whose
-worker stopped touching its lease fails through tasks.recovery.
+- Prefect keeps the queue of background tasks in the server's memory: after a server restart
+  a run delivered to no worker stays SCHEDULED and is never delivered (notes/prefect-facts.md).
+  Such a run is proposed to Prefect as SCHEDULED again — the *same* run, which puts it back on
+  the server's queue; re-using it is what keeps "never twice": a copy delivered after the run
+  completed is refused by Prefect ("This run is already completed").
+- A take whose worker died mid-render (its lease) is retried once as a new task run (same take
+  number and path, the dead run set to Crashed with the reason), then failed.
+- A take waits for its tier's worker as long as it takes: it never fails for want of one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.objects import State
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Scheduled
+from prefect.states import Cancelled, Crashed, Scheduled
 
+from api.reconcile_rules import Action, Decision, Facts, Unknown, decide
 from api.relay import QUEUED, Relay
 from studio.jobs import GenerationParams, TakeJob
 from studio.manifest import Take, TakeStatus
 from studio.store import ProjectStore
-from studio.takes import TakeError, fail_take
+from studio.takes import TakeError, cancel_take, fail_take, retry_take
 from tasks import events
+from tasks.cancel import cancel_requested, clear_cancel
 from tasks.events import take_resource
-from tasks.recovery import fail_abandoned_takes
+from tasks.recovery import clear_leftovers, is_abandoned
 from tasks.submit import submit_take
 
 log = logging.getLogger(__name__)
-
-MAX_HAND_OUTS = 2  # the first submission and one more
-CHECK_AFTER_SECONDS = 30.0  # a queued take this old has its task run's state checked
-
 
 def job_for(project_id: str, node_id: str, take: Take) -> TakeJob:
     """The job of a take already reserved, rebuilt from its manifest entry."""
@@ -70,50 +72,59 @@ async def _requeue(task_run_id: str, state: State) -> bool:
     return result.status.value == "ACCEPT"
 
 
-async def _cancel(task_run_id: str) -> None:
-    """Best effort: a failed take's run should not be picked up later."""
+async def _set_state(task_run_id: str, state: State) -> None:
+    """Best effort, forced: a dead attempt's run must not stay RUNNING, nor a cancelled or
+    failed take's run be picked up later."""
     try:
         async with get_client() as client:
-            await client.set_task_run_state(uuid.UUID(task_run_id), Cancelled(), force=False)
+            await client.set_task_run_state(uuid.UUID(task_run_id), state, force=True)
     except Exception as exc:
-        log.info("could not cancel task run %s: %s", task_run_id, exc)
+        log.info("could not set task run %s to %s: %s", task_run_id, state.name, exc)
+
+
+def _age(moment: datetime) -> float:
+    return (datetime.now(UTC) - moment).total_seconds()
 
 
 class Reconciler:
-    def __init__(self, store: ProjectStore, relay: Relay, *, queue_timeout: float,
+    def __init__(self, store: ProjectStore, relay: Relay, *, queue_timeout: float = 0.0,
                  interval: float) -> None:
         self.store = store
         self.relay = relay
-        self.queue_timeout = queue_timeout
+        self.tiers = relay.tiers
         self.interval = interval
         self._lock = asyncio.Lock()
-        relay.on_reconnect.append(self.after_restart)
+        relay.on_reconnect.append(self.after_reconnect)
+        relay.tiers.on_state_change.append(self._tiers_changed)
 
     async def run(self) -> None:
+        # The first pass at once: a fresh API picks up what a stopped stack left queued.
         while True:
-            await asyncio.sleep(self.interval)
             try:
                 await self.reconcile()
             except Exception:
                 log.exception("reconcile pass failed")
+            await asyncio.sleep(self.interval)
 
-    async def after_restart(self, disconnected_at: datetime) -> None:
-        await self.reconcile(restart_before=disconnected_at)
+    async def after_reconnect(self, disconnected_at: datetime) -> None:
+        # A dropped event stream says nothing about Prefect's queue: decide from its state.
+        await self.reconcile()
 
-    async def reconcile(self, restart_before: datetime | None = None) -> list[str]:
-        """One pass over every project; returns what it did, one line per take.
+    async def _tiers_changed(self) -> None:
+        pass  # the next pass (every `interval`) sees the new worker; nothing to hurry
 
-        restart_before: the Prefect server (probably) restarted after this moment, so every
-        take handed out before it and not started was lost from the server's queue.
-        """
+    async def reconcile(self) -> list[str]:
+        """One pass over every project; returns what it did, one line per take."""
         async with self._lock:
             done: list[str] = []
-            for project in await asyncio.to_thread(self.store.list):
-                done += await self._abandoned(project.id)
+            read_at = time.monotonic()
+            projects = await asyncio.to_thread(self.store.list)
+            await self.tiers.rebuild(projects, read_at)
+            for project in projects:
                 for node in project.nodes:
                     for take in node.takes:
-                        if take.status == TakeStatus.queued:
-                            line = await self._queued(project.id, node.id, take, restart_before)
+                        if take.status in (TakeStatus.queued, TakeStatus.generating):
+                            line = await self._one(project.id, node.id, take)
                             if line:
                                 done.append(line)
                 # Results whose event went missing reach open sockets anyway.
@@ -122,95 +133,124 @@ class Reconciler:
                 log.info("reconcile: %s", line)
             return done
 
-    async def _abandoned(self, project_id: str) -> list[str]:
-        failed = await asyncio.to_thread(fail_abandoned_takes, self.store, project_id)
-        project = await asyncio.to_thread(self.store.load, project_id) if failed else None
-        lines = []
-        for take in failed:
-            node_id = next(n.id for n in project.nodes if n.get_take(take.id)) if project else ""
-            await self._announce_failed(project_id, node_id, take, take.error or "")
-            lines.append(f"{project_id}/{node_id} take {take.number}: {take.error}")
-        return lines
+    def facts(self, take: Take) -> Facts:
+        root = self.store.workspace.root
+        tier = take.quality_used
+        return Facts(
+            status=take.status, has_run=take.task_run_id is not None,
+            run_state=Unknown.not_asked, waited=_age(take.created_at),
+            tier_online_for=self.tiers.online_for(tier), tier_idle_for=self.tiers.idle_for(tier),
+            worker_gone=is_abandoned(root, take, _stale_after()),
+            cancel_requested=cancel_requested(root, take.id), attempts=take.attempts,
+            hand_outs=take.hand_outs, submitting=take.id in self.relay.handing_out)
 
-    async def _queued(self, project_id: str, node_id: str, take: Take,
-                      restart_before: datetime | None) -> str | None:
-        where = f"{project_id}/{node_id} take {take.number}"
-        tier = take.quality_used.value
-
-        def overdue(handed_out: datetime) -> tuple[float, bool, bool]:
-            waited = (datetime.now(UTC) - handed_out).total_seconds()
-            lost = restart_before is not None and handed_out < restart_before
-            return waited, waited > self.queue_timeout, lost
-
-        waited, timed_out, lost = overdue(take.created_at)
-        if take.task_run_id is None:  # reserved, never submitted (its dispatcher died)
-            if timed_out:
-                return await self._fail(project_id, node_id, take,
-                                        f"this take was never handed to a worker "
-                                        f"(queued {waited:.0f} s ago)", where)
-            return None
-        # Past a short grace, ask Prefect: a run that died before the take started (e.g. its
-        # worker could not open the project) is reported now, not at the queue timeout.
-        if not (timed_out or lost or waited > min(CHECK_AFTER_SECONDS, self.queue_timeout)):
-            return None
-        try:
-            state = await _task_run_state(take.task_run_id)
-        except Exception as exc:
-            log.info("reconcile: Prefect unavailable (%s); next pass", exc)
-            return None
-        if state is not None and state.type != StateType.SCHEDULED:
-            if state.type in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED):
-                return await self._fail(project_id, node_id, take,
-                                        f"the task run ended {state.name} before the take "
-                                        f"started: {state.message or 'no message'}", where)
-            return None  # running or finishing: the worker records the take itself
-        if state is None and not (timed_out or lost):
-            return None
-        if state is not None:
-            # The SCHEDULED state's time is when it was last handed out (by any API process).
-            waited, timed_out, lost = overdue(max(take.created_at, state.timestamp))
-            if not (timed_out or lost):
+    async def _one(self, project_id: str, node_id: str, take: Take) -> str | None:
+        facts = await asyncio.to_thread(self.facts, take)
+        decision = decide(facts)
+        state: State | None = None
+        if decision.action == Action.ask:
+            try:
+                state = await _task_run_state(take.task_run_id or "")
+            except Exception as exc:
+                log.info("reconcile: Prefect unavailable (%s); next pass", exc)
                 return None
+            waited = facts.waited if state is None else _age(max(take.created_at,
+                                                                 state.timestamp))
+            facts = replace(facts, run_state=None if state is None else state.type,
+                            waited=waited)
+            decision = decide(facts)
+        if decision.action in (Action.wait, Action.ask):
+            return None
+        return await self._act(project_id, node_id, take, decision, state)
 
-        if take.attempts + 1 >= MAX_HAND_OUTS:
-            reason = ("lost again by a Prefect server restart" if lost else
-                      f"no {tier} task worker started it in {waited:.0f} s")
-            await _cancel(take.task_run_id)
-            return await self._fail(
-                project_id, node_id, take,
-                f"this take was not started: {reason}, after being handed out "
-                f"{take.attempts + 1} times; is `studio worker --tier {tier}` running?",
-                where)
-
-        # Claim the hand-out in project.json first: of several API processes, one wins.
+    async def _act(self, project_id: str, node_id: str, take: Take, decision: Decision,
+                   state: State | None) -> str | None:
+        where = f"{project_id}/{node_id} take {take.number}"
+        action, reason = decision.action, decision.reason
+        if action == Action.cancel:
+            return await self._cancel(project_id, node_id, take, reason, where)
+        if action == Action.fail:
+            if take.status == TakeStatus.generating:
+                await asyncio.to_thread(clear_leftovers, self.store, project_id, take)
+                if take.task_run_id:
+                    await _set_state(take.task_run_id, Crashed(message=reason))
+                reason = (f"the worker stopped while rendering this take ({reason}); "
+                          "it was retried once")
+            elif take.task_run_id:
+                await _set_state(take.task_run_id, Cancelled(message=reason))
+                reason = f"this take was not started: {reason}"
+            return await self._fail(project_id, node_id, take, reason, where)
+        if action == Action.retry:
+            if take.task_run_id:
+                await _set_state(take.task_run_id, Crashed(message=reason))
+            await asyncio.to_thread(clear_leftovers, self.store, project_id, take)
+            try:
+                take = await asyncio.to_thread(retry_take, self.store, project_id, node_id,
+                                               take.id)
+            except TakeError:
+                return None
+            await self.tiers.enqueue(take.quality_used, project_id, node_id, take.id)
+            return await self._submit(project_id, node_id, take, where,
+                                      f"retried ({reason})", attempt=take.attempts + 1)
+        # submit / requeue: claim the hand-out in project.json first; of several API
+        # processes, one wins.
         if not await asyncio.to_thread(self._claim, project_id, node_id, take):
             return None
+        if action == Action.requeue and state is not None and take.task_run_id:
+            try:
+                if not await _requeue(take.task_run_id, state):
+                    return None  # it started meanwhile
+            except Exception as exc:
+                log.info("reconcile: could not requeue %s: %s", where, exc)
+                return None
+            await self._announce_queued(project_id, node_id, take, take.task_run_id)
+            return f"{where}: handed out again: {reason} (task run {take.task_run_id})"
+        return await self._submit(project_id, node_id, take, where, reason)
+
+    async def _submit(self, project_id: str, node_id: str, take: Take, where: str, why: str,
+                      attempt: int | None = None) -> str | None:
         try:
-            if state is None:  # the server no longer knows the run (a new database)
-                job = job_for(project_id, node_id, take)
-                task_run_id = await asyncio.to_thread(submit_take, job)
-                await asyncio.to_thread(self._record_run, project_id, node_id, take.id,
-                                        task_run_id)
-            elif not await _requeue(take.task_run_id, state):
-                return None  # it started meanwhile
-            else:
-                task_run_id = take.task_run_id
-        except Exception as exc:
-            return await self._fail(project_id, node_id, take,
-                                    f"this take could not be handed out again: {exc}", where)
-        await self.relay.publish_state(project_id, node_id, take.id, task_run_id)
+            job = job_for(project_id, node_id, take)
+            task_run_id = await asyncio.to_thread(submit_take, job)
+        except Exception as exc:  # Prefect down: the take stays queued; the next pass tries
+            log.info("reconcile: could not hand out %s: %s", where, exc)
+            return None
+        await asyncio.to_thread(self._record_run, project_id, node_id, take.id, task_run_id)
+        await self._announce_queued(project_id, node_id, take, task_run_id, attempt)
+        return f"{where}: handed out: {why} (task run {task_run_id})"
+
+    async def _announce_queued(self, project_id: str, node_id: str, take: Take,
+                               task_run_id: str, attempt: int | None = None) -> None:
+        await self.tiers.enqueue(take.quality_used, project_id, node_id, take.id)
+        self.relay.track(project_id, node_id, take.id)
+        await self.relay.publish_state(project_id, node_id, take.id, task_run_id,
+                                       place=self.relay.place(take.quality_used, take.id),
+                                       attempt=attempt)
         self._emit(QUEUED, project_id, node_id, take, task_run_id, why="requeued")
-        why = "after a Prefect server restart" if lost else f"after {waited:.0f} s"
-        return f"{where}: handed out again {why} (task run {task_run_id})"
+
+    async def _cancel(self, project_id: str, node_id: str, take: Take, reason: str,
+                      where: str) -> str | None:
+        try:
+            await asyncio.to_thread(cancel_take, self.store, project_id, node_id, take.id)
+        except TakeError:
+            return None
+        if take.status == TakeStatus.generating:
+            await asyncio.to_thread(clear_leftovers, self.store, project_id, take)
+        clear_cancel(self.store.workspace.root, take.id)
+        if take.task_run_id:
+            await _set_state(take.task_run_id, Cancelled(message=reason))
+        await self.relay.announce_cancelled(project_id, node_id, take.id, take.task_run_id)
+        self._emit(events.CANCELLED, project_id, node_id, take, take.task_run_id)
+        return f"{where}: cancelled ({reason})"
 
     def _claim(self, project_id: str, node_id: str, take: Take) -> bool:
         with self.store.edit(project_id) as project:
             node = project.get_node(node_id)
             current = node.get_take(take.id) if node else None
             if (current is None or current.status != TakeStatus.queued
-                    or current.attempts != take.attempts):
+                    or current.hand_outs != take.hand_outs):
                 return False
-            current.attempts += 1
+            current.hand_outs += 1
         return True
 
     def _record_run(self, project_id: str, node_id: str, take_id: str, task_run_id: str) -> None:
@@ -245,3 +285,9 @@ class Reconciler:
                        resource=take_resource(job_for(project_id, node_id, take), task_run_id))
         except Exception as exc:  # Prefect down: the other processes re-sync from project.json
             log.info("could not emit %s: %s", name, exc)
+
+
+def _stale_after() -> float:
+    from tasks.leases import STALE_AFTER_SECONDS
+
+    return STALE_AFTER_SECONDS

@@ -23,11 +23,13 @@ from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter
 
 from api.hub import Hub, Message
-from api.messages import TaskProgress, server_message
+from api.messages import QueuePlace, TaskCancelled, TaskProgress, TierStates, server_message
+from api.tiers import Tiers
 from api.views import failed_message, node_state_message, success_message
 from studio.manifest import Project, TakeStatus
 from studio.nodes import NodeState
 from studio.store import ProjectNotFound, ProjectStore
+from studio.tiers import Quality
 from tasks import events
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,11 @@ log = logging.getLogger(__name__)
 # take queued by any of them; it matches the same "studio.take." prefix.
 QUEUED = events.PREFIX + "queued"
 
-TERMINAL = {TakeStatus.completed: "success", TakeStatus.failed: "failed"}
+TERMINAL = {TakeStatus.completed: "success", TakeStatus.failed: "failed",
+            TakeStatus.cancelled: "cancelled"}
+ENDED = ("success", "failed", "cancelled")
+# Queue places are sent in batches this far apart: a burst of clicks moves every place at once.
+PLACES_EVERY_SECONDS = 0.05
 
 
 class _Bounded(OrderedDict[Any, Any]):
@@ -53,9 +59,17 @@ class _Bounded(OrderedDict[Any, Any]):
 
 
 class Relay:
-    def __init__(self, store: ProjectStore, hub: Hub) -> None:
+    def __init__(self, store: ProjectStore, hub: Hub, tiers: Tiers | None = None) -> None:
         self.store = store
         self.hub = hub
+        self.tiers = tiers or Tiers()
+        self.tiers.on_queue_change.append(self._places_changed)
+        self.tiers.on_state_change.append(self.publish_tier_states)
+        self._sent_place: _Bounded = _Bounded(50_000)  # take id -> (position, reason)
+        self._dirty: set[Quality] = set()
+        self._places: asyncio.Task[None] | None = None
+        self._cache: dict[str, tuple[tuple[int, int, int], Project]] = {}
+        self.handing_out: set[str] = set()  # take ids a dispatcher is submitting right now
         self.started_at = datetime.now(UTC)
         self.connected = asyncio.Event()
         self.connections = 0
@@ -78,9 +92,13 @@ class Relay:
         """An event this process emits and has already delivered to its own sockets."""
         self._seen[event_id] = True
 
+    def ended(self, take_id: str) -> bool:
+        return any((take_id, k) in self._announced for k in ENDED)
+
     def _announce(self, take_id: str, kind: str) -> bool:
         """True the first time a take's result of this kind is announced."""
         self.in_flight.pop(take_id, None)
+        self._sent_place.pop(take_id, None)
         if (take_id, kind) in self._announced:
             return False
         self._announced[(take_id, kind)] = True
@@ -89,6 +107,14 @@ class Relay:
     # --- the subscription -------------------------------------------------------------------
 
     async def run(self) -> None:
+        # The tiers' watch lives as long as the relay: both follow the same Prefect server.
+        watch = asyncio.create_task(self.tiers.run(), name="tiers")
+        try:
+            await self._follow()
+        finally:
+            watch.cancel()
+
+    async def _follow(self) -> None:
         backoff = 0.25
         take_events = EventFilter(event=EventNameFilter(prefix=[events.PREFIX]))
         while True:
@@ -145,16 +171,27 @@ class Relay:
         name = event.event
         payload = event.payload
 
+        tier = _quality(res.get("studio.tier"))
+        if tier is not None and name != QUEUED:
+            self.tiers.touch(tier)
         if name in (QUEUED, events.STARTED, events.PROGRESS):
-            if any((take_id, k) in self._announced for k in ("success", "failed")):
+            if self.ended(take_id):
                 return  # late news of a take that already ended
             self.track(project_id, node_id, take_id)
 
         if name == QUEUED:
-            await self.publish_state(project_id, node_id, take_id, task_id)
-        elif name == events.STARTED:
+            if tier is not None:
+                await self.tiers.enqueue(tier, project_id, node_id, take_id)
             await self.publish_state(project_id, node_id, take_id, task_id,
-                                      state=NodeState.generating)
+                                     place=self.place(tier, take_id))
+        elif name == events.STARTED:
+            if tier is not None:
+                await self.tiers.started(tier, project_id, node_id, take_id)
+            attempt = payload.get("attempt")
+            self._progress.pop(take_id, None)  # a retry's progress starts again from 0
+            await self.publish_state(project_id, node_id, take_id, task_id,
+                                     state=NodeState.generating,
+                                     attempt=int(attempt) if attempt else None)
         elif name == events.PROGRESS:
             progress = int(payload.get("progress", 0))
             if progress < self._progress.get(take_id, -1):
@@ -165,7 +202,13 @@ class Relay:
                 step=str(payload.get("step", "")), preview_path=payload.get("preview_path"),
             ))
             await self.hub.publish(project_id, _const([message]))
-        elif name == events.SUCCEEDED:
+        elif name in (events.SUCCEEDED, events.FAILED, events.CANCELLED):
+            await self.tiers.ended(take_id)
+            await self._ended(name, project_id, node_id, take_id, task_id, res, payload)
+
+    async def _ended(self, name: str, project_id: str, node_id: str, take_id: str,
+                     task_id: str | None, res: Any, payload: dict[str, Any]) -> None:
+        if name == events.SUCCEEDED:
             if not self._announce(take_id, "success"):
                 return
             number = res.get("studio.take-number")
@@ -179,29 +222,111 @@ class Relay:
             error = str(payload.get("error", "the take failed"))
             message = failed_message(node_id, error, take_id=take_id, task_id=task_id)
             await self._publish_with_state(project_id, node_id, [message], take_id, task_id)
+        elif name == events.CANCELLED:
+            await self.announce_cancelled(project_id, node_id, take_id, task_id)
+
+    async def announce_cancelled(self, project_id: str, node_id: str, take_id: str,
+                                 task_id: str | None) -> None:
+        await self.tiers.ended(take_id)
+        if self._announce(take_id, "cancelled"):
+            message = server_message(TaskCancelled(task_id=task_id, node_id=node_id,
+                                                   take_id=take_id))
+            await self._publish_with_state(project_id, node_id, [message], take_id, task_id)
 
     async def announce_failure(self, project_id: str, node_id: str, take_id: str,
                                task_id: str | None, error: str) -> None:
         """A failure this process decided (not from an event): sent once, like the others."""
+        await self.tiers.ended(take_id)
         if self._announce(take_id, "failed"):
             message = failed_message(node_id, error, take_id=take_id, task_id=task_id)
             await self._publish_with_state(project_id, node_id, [message], take_id, task_id)
 
+    def _read(self, project_id: str) -> Project:
+        """project.json, parsed again only when the file changed (messages are built from it
+        for every event; a burst would otherwise parse the same file hundreds of times)."""
+        path = self.store.manifest_path(project_id)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise ProjectNotFound(project_id) from None
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = self._cache.get(project_id)
+        if cached and cached[0] == key:
+            return cached[1]
+        project = self.store.load(project_id)
+        self._cache[project_id] = (key, project)
+        return project
+
     async def _load(self, project_id: str) -> Project | None:
         try:
-            return await asyncio.to_thread(self.store.load, project_id)
+            return await asyncio.to_thread(self._read, project_id)
         except (ProjectNotFound, ValueError):
             return None
 
+    def place(self, tier: Quality | None, take_id: str) -> QueuePlace | None:
+        """The take's place in its tier's queue, remembered as sent."""
+        place = self.tiers.place(tier, take_id) if tier is not None else None
+        if place is not None:
+            self._sent_place[take_id] = (place.position, place.reason)
+        return place
+
     async def publish_state(self, project_id: str, node_id: str, take_id: str | None,
-                            task_id: str | None, state: NodeState | None = None) -> None:
+                            task_id: str | None, state: NodeState | None = None,
+                            place: QueuePlace | None = None, attempt: int | None = None) -> None:
         """node_state_updated: `state` as given, or derived from project.json when it is sent."""
         async def build() -> list[Message]:
             project = None if state else await self._load(project_id)
             return node_state_message(project, node_id, take_id=take_id, task_id=task_id,
-                                      state=state)
+                                      state=state, queue=place, attempt=attempt)
 
         await self.hub.publish(project_id, build)
+
+    async def publish_tier_states(self) -> None:
+        message = server_message(TierStates(tiers=self.tiers.states()))
+        for project_id in self.hub.projects():
+            await self.hub.publish(project_id, _const([message]))
+
+    # --- queue places -----------------------------------------------------------------------
+
+    async def _places_changed(self, tiers: set[Quality]) -> None:
+        self._dirty |= tiers
+        if self._places is None or self._places.done():
+            self._places = asyncio.create_task(self._send_places())
+
+    async def _send_places(self) -> None:
+        """Every queued take whose place changed gets one node_state_updated with it."""
+        await asyncio.sleep(PLACES_EVERY_SECONDS)
+        dirty, self._dirty = self._dirty, set()
+        moved: dict[str, list[tuple[str, str, QueuePlace]]] = {}
+        for tier in dirty:
+            for waiting in self.tiers.queued(tier):
+                place = self.tiers.place(tier, waiting.take_id)
+                if place is None or self._sent_place.get(waiting.take_id) == (
+                        place.position, place.reason):
+                    continue
+                moved.setdefault(waiting.project_id, []).append(
+                    (waiting.node_id, waiting.take_id, place))
+        for project_id, items in moved.items():
+            if not self.hub.has_clients(project_id):
+                continue
+
+            async def build(project_id: str = project_id,
+                            items: list[tuple[str, str, QueuePlace]] = items) -> list[Message]:
+                project = await self._load(project_id)
+                messages: list[Message] = []
+                for node_id, take_id, place in items:
+                    node = project.get_node(node_id) if project else None
+                    take = node.get_take(take_id) if node else None
+                    # Built under the project's lock from project.json: a take that started
+                    # meanwhile gets no stale "queued" after its "generating".
+                    if take is None or take.status != TakeStatus.queued or self.ended(take_id):
+                        continue
+                    self._sent_place[take_id] = (place.position, place.reason)
+                    messages += node_state_message(project, node_id, take_id=take_id,
+                                                   task_id=take.task_run_id, queue=place)
+                return messages
+
+            await self.hub.publish(project_id, build)
 
     async def _publish_with_state(self, project_id: str, node_id: str, first: list[Message],
                                   take_id: str | None, task_id: str | None) -> None:
@@ -235,8 +360,7 @@ class Relay:
                     self.in_flight.pop(take_id, None)
                     continue
                 kind = TERMINAL.get(take.status)
-                if kind is None:
-                    nodes[node_id] = None
+                if kind is None:  # still in flight: its state has not changed, send nothing
                     continue
                 if take.finished_at and now - take.finished_at.timestamp() < min_age:
                     continue
@@ -246,6 +370,9 @@ class Relay:
                     messages.append(success_message(
                         node_id, take_id=take.id, task_id=take.task_run_id,
                         output_path=take.path, take_number=take.number))
+                elif kind == "cancelled":
+                    messages.append(server_message(TaskCancelled(
+                        task_id=take.task_run_id, node_id=node_id, take_id=take.id)))
                 else:
                     messages.append(failed_message(node_id, take.error or "the take failed",
                                                    take_id=take.id, task_id=take.task_run_id))
@@ -260,6 +387,13 @@ class Relay:
             return messages
 
         await self.hub.publish(project_id, build)
+
+
+def _quality(raw: str | None) -> Quality | None:
+    try:
+        return Quality(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _const(messages: list[Message]) -> Callable[[], Awaitable[list[Message]]]:

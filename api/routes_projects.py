@@ -28,7 +28,7 @@ from studio.manifest import (
 from studio.nodes import NodeState, node_type, node_types_schema
 from studio.store import ProjectStore
 from studio.takes import set_active_take
-from studio.tiers import Quality
+from studio.tiers import FallbackPolicy, Quality
 from studio.workspace import MAX_NAME_CHARS, check_project_name, safe_path
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
@@ -56,6 +56,8 @@ class ProjectCreate(_In):
 class ProjectPatch(_In):
     name: ProjectName | None = Field(None, description="renames; the id and folder stay")
     quality: Quality | None = None
+    fallback: FallbackPolicy | None = None
+    fallback_grace_seconds: float | None = Field(None, ge=0, le=3600, allow_inf_nan=False)
 
 
 class NodeCreate(_In):
@@ -111,6 +113,8 @@ class ProjectOut(BaseModel):
     id: str
     name: str
     quality: Quality
+    fallback: FallbackPolicy
+    fallback_grace_seconds: float
     nodes: list[NodeOut]
     edges: list[Edge]
     assets: list[Asset]
@@ -145,7 +149,9 @@ def node_out(project: Project, node: Node) -> NodeOut:
 def project_out(project: Project) -> ProjectOut:
     return ProjectOut(
         schema_version=project.schema_version, id=project.id, name=project.name,
-        quality=project.quality, nodes=[node_out(project, n) for n in project.nodes],
+        quality=project.quality, fallback=project.fallback,
+        fallback_grace_seconds=project.fallback_grace_seconds,
+        nodes=[node_out(project, n) for n in project.nodes],
         edges=project.edges, assets=project.assets,
     )
 
@@ -221,6 +227,10 @@ def update_project(project_id: str, body: ProjectPatch, store: Store) -> Project
             project.name = body.name
         if body.quality is not None:
             project.quality = body.quality
+        if body.fallback is not None:
+            project.fallback = body.fallback
+        if body.fallback_grace_seconds is not None:
+            project.fallback_grace_seconds = body.fallback_grace_seconds
     return project_out(store.load(project_id))
 
 

@@ -27,10 +27,12 @@ class Settings:
     workspace: Workspace = field(default_factory=Workspace)
     # When set, every /api route and /ws need it (Bearer header, ?token= or the canvas's cookie).
     token: str | None = field(default_factory=lambda: os.environ.get("STUDIO_API_TOKEN") or None)
-    # How often the reconciler looks for lost or abandoned takes.
+    # How often the reconciler looks for lost or abandoned takes (a take Prefect lost is handed
+    # out again within a few passes of its tier's worker being online and idle).
     reconcile_seconds: float = field(
-        default_factory=lambda: _float("STUDIO_RECONCILE_SECONDS", 5.0))
-    # A take still queued (its task run SCHEDULED) this long is handed out again, then failed.
+        default_factory=lambda: _float("STUDIO_RECONCILE_SECONDS", 1.0))
+    # No longer used (issue 16: a queued take waits for its worker however long; see
+    # api.reconcile_rules); kept so existing environments still parse.
     queue_timeout_seconds: float = field(
         default_factory=lambda: _float("STUDIO_QUEUE_TIMEOUT_SECONDS", 300.0))
     # Where the built canvas lives; served at / when it exists.

@@ -3,8 +3,17 @@ of a take read back from the manifest (when its event was missed)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from api.hub import Message
-from api.messages import NodeStateUpdated, TakeResult, TaskFailed, TaskSuccess, server_message
+from api.messages import (
+    NodeStateUpdated,
+    QueuePlace,
+    TakeResult,
+    TaskFailed,
+    TaskSuccess,
+    server_message,
+)
 from studio.graph import node_state
 from studio.manifest import Project, Take, TakeStatus
 from studio.nodes import NodeState
@@ -21,22 +30,31 @@ def state_of(project: Project | None, node_id: str) -> NodeState | None:
 
 def node_state_message(project: Project | None, node_id: str, *, take_id: str | None = None,
                        task_id: str | None = None,
-                       state: NodeState | None = None) -> list[Message]:
+                       state: NodeState | None = None, queue: QueuePlace | None = None,
+                       attempt: int | None = None) -> list[Message]:
     state = state or state_of(project, node_id)
     if state is None:
         return []
     return [server_message(NodeStateUpdated(node_id=node_id, state=state, take_id=take_id,
-                                            task_id=task_id))]
+                                            task_id=task_id, queue=queue, attempt=attempt))]
 
 
 def in_flight_takes(project: Project) -> list[tuple[str, Take]]:
     return [(n.id, t) for n in project.nodes for t in n.takes if t.status in IN_FLIGHT]
 
 
-def snapshot(project: Project) -> list[Message]:
-    """What a socket gets on connect: the state of every node with a take in flight."""
+def snapshot(project: Project,
+             place_of: Callable[[Take], QueuePlace | None] | None = None) -> list[Message]:
+    """What a socket gets on connect: the state of every node with a take in flight, and the
+    place of each queued take in its tier's queue."""
     nodes = dict.fromkeys(node_id for node_id, _ in in_flight_takes(project))
-    return [m for node_id in nodes for m in node_state_message(project, node_id)]
+    messages = [m for node_id in nodes for m in node_state_message(project, node_id)]
+    for node_id, take in in_flight_takes(project):
+        place = place_of(take) if place_of and take.status == TakeStatus.queued else None
+        if place is not None:
+            messages += node_state_message(project, node_id, take_id=take.id,
+                                           task_id=take.task_run_id, queue=place)
+    return messages
 
 
 def success_message(node_id: str, *, take_id: str, task_id: str | None, output_path: str,

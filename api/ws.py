@@ -3,29 +3,38 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from api.auth import token_ok
+from api.cancel import NoSuchTake, cancel_generation
 from api.hub import Client, Message
-from api.messages import ClientStartGeneration, Error, parse_client_message, server_message
+from api.messages import (
+    ClientCancelGeneration,
+    ClientStartGeneration,
+    Error,
+    parse_client_message,
+    server_message,
+)
 from api.security import FrameRefused, load_frame
 from api.views import in_flight_takes, snapshot
 from studio.manifest import ManifestError
 from studio.store import ProjectNotFound
+from studio.takes import TakeError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-CLIENT_TYPES = ("client:start_generation",)
+CLIENT_TYPES = ("client:start_generation", "client:cancel_generation")
 
 
 def error(reason: str, request_type: str | None = None) -> Message:
     return server_message(Error(reason=reason, request_type=request_type))
 
 
-def parse(raw: str) -> ClientStartGeneration | Message:
+def parse(raw: str) -> ClientStartGeneration | ClientCancelGeneration | Message:
     """The client's message, or the server:error explaining why it is refused."""
     try:
         data = load_frame(raw)  # bounded in size and depth before the parser sees it
@@ -63,7 +72,9 @@ async def project_socket(websocket: WebSocket, project_id: str) -> None:
             return [error(f"project {project_id!r} cannot be read: {exc}")]
         for node_id, take in in_flight_takes(project):
             gateway.relay.track(project_id, node_id, take.id)
-        return snapshot(project)
+        # Tier states come with each change (server:tier_states); on load the canvas reads
+        # them from /healthz.
+        return snapshot(project, lambda t: gateway.relay.place(t.quality_used, t.id))
 
     client = Client(websocket, project_id)
     await gateway.hub.attach(client, on_connect)
@@ -80,6 +91,9 @@ async def project_socket(websocket: WebSocket, project_id: str) -> None:
             if isinstance(message, dict):
                 client.send(message)
                 continue
+            if isinstance(message, ClientCancelGeneration):
+                gateway.spawn(_cancel(gateway, project_id, message.payload.take_id, client))
+                continue
             # Each click runs on its own, so twenty clicks do not queue behind each other.
             gateway.spawn(gateway.dispatcher.start_generation(
                 project_id, message.payload.node_id, client.send))
@@ -87,3 +101,10 @@ async def project_socket(websocket: WebSocket, project_id: str) -> None:
         pass
     finally:
         await gateway.hub.detach(client)
+
+
+async def _cancel(gateway: Any, project_id: str, take_id: str, client: Client) -> None:
+    try:
+        await cancel_generation(gateway.store, gateway.relay, project_id, take_id)
+    except (NoSuchTake, TakeError, ProjectNotFound) as exc:
+        client.send(error(str(exc), "client:cancel_generation"))

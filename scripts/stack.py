@@ -6,7 +6,10 @@ Starts, on 127.0.0.1 and each in its own process group:
   - the `local` Process work pool, its deployments (`batch_takes/local`, `run_graph/local`) and a
     `prefect worker` for it, for TDs' batches from the Prefect UI;
   - the API (and the canvas, from web/dist) at :8000.
-It prints where each is and what is ready; Ctrl-C stops all of it.
+Every long-lived process is supervised (scripts/supervise.py): one that dies is restarted with
+a backoff and logged, the others keep running. It prints "ready" only once the API's /readyz
+says every started tier has a worker online; a tier without weights is named with the command
+that fixes it. Ctrl-C stops all of it.
 
 `--demo` renders with a tiny random-weight FLUX model at every tier (built once into
 $STUDIO_WORKSPACE/.studio/demo-models): everything works on a laptop CPU, the images are noise.
@@ -26,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from scripts.local_prefect import LocalPrefectServer
+from scripts.supervise import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 TIERS = ("low", "standard", "high")
@@ -75,11 +79,9 @@ def make_plan(args: argparse.Namespace, environ: dict[str, str] | None = None) -
                            or workspace / "Library" / "AI_Models")
     # The demo's model is built before workers start, so every tier counts as having weights.
     ready = [t for t in TIERS if args.demo or has_weights(models_root, t)]
+    # A tier without weights gets no worker: its clicks wait in its queue, and the banner,
+    # /healthz and the canvas say "no weights: run `make download-models`".
     workers = [t for t in (args.tiers or TIERS) if t in ready]
-    if not workers and not args.demo:
-        # With no weights at all, a standard worker still runs: a click then fails with the
-        # runner's "run `make download-models`" instead of "no worker online".
-        workers = ["standard"]
     plan = Plan(workspace=workspace, models_root=models_root, demo=args.demo, host=args.host,
                 api_port=args.port, prefect_port=args.prefect_port, worker_tiers=workers,
                 missing_tiers=[t for t in TIERS if t not in ready])
@@ -94,6 +96,8 @@ def make_plan(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         # The API and the workers hand parameters over through the same result storage.
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
         "PREFECT_WORKER_QUERY_SECONDS": "1",
+        # The tiers whose workers this stack starts: the API's /readyz waits for them.
+        "STUDIO_TIERS": ",".join(workers),
         "PYTHONUNBUFFERED": "1",
     }
     return plan
@@ -176,46 +180,70 @@ def wait_for(check: object, timeout: float, every: float = 0.5) -> bool:
     return False
 
 
-def banner(plan: Plan, health: dict[str, object], deployed: bool, pool_worker: bool) -> str:
+def banner(plan: Plan, health: dict[str, object], ready: bool, deployed: bool | None,
+           pool_worker: bool) -> str:
     api = f"http://{plan.host}:{plan.api_port}"
-    online = set(health.get("online_tiers") or [])  # type: ignore[arg-type]
+    states: dict[str, dict[str, object]] = health.get("tiers") or {}  # type: ignore[assignment]
     tiers = []
     for tier in TIERS:
-        if tier in online:
-            tiers.append(f"{tier} ready")
-        elif tier in plan.worker_tiers:
-            tiers.append(f"{tier} starting (or failed: see logs)")
-        elif tier in plan.missing_tiers:
-            tiers.append(f"{tier}: no weights (`make download-models`)")
+        state = states.get(tier, {})
+        if tier in plan.missing_tiers:
+            tiers.append(f"{tier}: no weights (run `make download-models`, or `make demo`)")
+        elif tier not in plan.worker_tiers:
+            tiers.append(f"{tier}: not started (--tiers)")
         else:
-            tiers.append(f"{tier}: not started")
+            tiers.append(f"{tier} {state.get('state', 'unknown')}"
+                         f" ({state.get('workers', 0)} worker)")
     canvas = "canvas at /" if (REPO / "web" / "dist" / "index.html").is_file() else \
         "canvas not built (`make web`)"
-    deployments = ("deployments " + ", ".join(LOCAL_DEPLOYMENTS) if deployed
-                   else "deploy FAILED (see logs)")
+    if deployed is None:
+        pool = "local: not started (--no-pool)"
+    else:
+        deployments = ("deployments " + ", ".join(LOCAL_DEPLOYMENTS) if deployed
+                       else "deploy FAILED (see logs)")
+        pool = (f"local: {deployments}; process worker "
+                f"{'running' if pool_worker else 'NOT running'}")
     mode = ("DEMO: tiny random-weight FLUX at every tier; images are coloured noise"
             if plan.demo else f"models from {plan.models_root}")
+    if ready:
+        status = "ready"
+    elif not plan.worker_tiers:
+        status = ("NOT ready: no tier has weights; run `make download-models` "
+                  "(or `make demo` for the tiny model)")
+    else:
+        waiting = health.get("waiting_for") or ["the API"]
+        status = f"NOT ready yet: waiting for {', '.join(map(str, waiting))}"
     lines = [
         "",
         f"Generative Studio, local stack ({mode})",
         f"  Prefect UI    http://127.0.0.1:{plan.prefect_port}",
-        f"  API           {api}  ({'ready' if health.get('api') == 'ok' else 'NOT ready'}; "
-        f"{canvas}; OpenAPI at /docs)",
-        f"  task workers  {', '.join(tiers)}",
-        f"  work pool     local: {deployments}; process worker "
-        f"{'running' if pool_worker else 'NOT running'}",
+        f"  API           {api}  ({canvas}; OpenAPI at /docs; /healthz, /readyz)",
+        f"  task workers  {'; '.join(tiers)}",
+        f"  work pool     {pool}",
         f"  workspace     {plan.workspace}",
-        f"  logs          {plan.logs}",
+        f"  logs          {plan.logs} (supervisor.log: restarts)",
+        status,
         "Ctrl-C stops all of it.",
         "",
     ]
     return "\n".join(lines)
 
 
-def up(plan: Plan) -> int:
+def readiness(plan: Plan) -> tuple[bool, dict[str, object]]:
+    """GET /readyz: (200?, its body)."""
+    try:
+        response = httpx.get(f"http://127.0.0.1:{plan.api_port}/readyz", timeout=5)
+        return response.status_code == 200, response.json()
+    except (httpx.HTTPError, ValueError):
+        return False, {}
+
+
+def up(plan: Plan, pool: bool = True, ready_timeout: float = 300) -> int:
     plan.logs.mkdir(parents=True, exist_ok=True)
     procs = Processes(plan.logs, plan.env)
+    sup = Supervisor(REPO, plan.env, plan.logs, plan.state_dir / "stack.json", say)
     server = plan.prefect_server()
+    started = time.monotonic()
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
@@ -226,41 +254,49 @@ def up(plan: Plan) -> int:
     try:
         if plan.demo:
             build_demo_model(plan, procs)
+        own_server = False
         if wait_for(lambda: httpx.get(f"{server.api_url}/health", timeout=1).is_success, 1):
             say(f"using the Prefect server already at {server.ui_url}")
         else:
             say(f"starting the Prefect server at {server.ui_url} (~30 s) ...")
             server.start(timeout=180)
+            own_server = True
         for tier in plan.worker_tiers:
-            procs.start(f"worker-{tier}", worker_command(tier))
-        procs.start("api", [sys.executable, "-m", "api", "--host", plan.host,
-                            "--port", str(plan.api_port)])
-        # Pools and deployments while the workers load their pipelines.
-        deployed = procs.run("create-pools", [sys.executable, "-m", "scripts.create_pools",
-                                              "local"]) and procs.run("deploy", deploy_command())
-        procs.start("prefect-worker-local", [sys.executable, "-m", "prefect", "worker", "start",
-                                             "--pool", "local"])
-        health_url = f"http://127.0.0.1:{plan.api_port}/healthz"
-        health: dict[str, object] = {}
-
-        def all_ready() -> bool:
-            nonlocal health
-            health = httpx.get(health_url, timeout=5).json()
-            online = health.get("online_tiers") or []
-            return set(plan.worker_tiers) <= set(online)  # type: ignore[arg-type]
-
-        wait_for(all_ready, 240, every=1)
-        say(banner(plan, health, deployed, "prefect-worker-local" not in procs.exited()))
+            sup.start(f"worker-{tier}", worker_command(tier))
+        sup.start("api", [sys.executable, "-m", "api", "--host", plan.host,
+                          "--port", str(plan.api_port)])
+        deployed: bool | None = None
+        if pool:
+            # Pools and deployments while the workers load their pipelines.
+            deployed = procs.run("create-pools", [sys.executable, "-m", "scripts.create_pools",
+                                                  "local"]) and procs.run("deploy",
+                                                                          deploy_command())
+            sup.start("prefect-worker-local", [sys.executable, "-m", "prefect", "worker",
+                                               "start", "--pool", "local"])
+        ready, health = False, {}
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and plan.worker_tiers:
+            sup.check()
+            ready, health = readiness(plan)
+            if ready:
+                break
+            time.sleep(0.5)
+        if not ready:
+            ready, health = readiness(plan)
+        say(banner(plan, health, ready, deployed, sup.running("prefect-worker-local")))
+        if ready:
+            say(f"ready in {time.monotonic() - started:.1f} s (GET /readyz: 200)")
         while True:
-            time.sleep(1)
-            gone = procs.exited()
-            if "api" in gone:
-                say(f"the API stopped; see {plan.logs}/api.log")
-                return 1
+            time.sleep(0.5)
+            sup.check()
+            if own_server and server.proc is not None and server.proc.poll() is not None:
+                say("the Prefect server stopped; restarting it (see prefect-server.log)")
+                server.start(timeout=180)
     except KeyboardInterrupt:
         say("\nstopping ...")
         return 0
     finally:
+        sup.stop()
         procs.stop()
         server.stop()
 
@@ -275,11 +311,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefect-port", type=int, default=4200)
     parser.add_argument("--tiers", nargs="+", choices=TIERS,
                         help="start task workers only for these tiers (default: all with weights)")
+    parser.add_argument("--no-pool", action="store_true",
+                        help="no work pool, deployments or pool worker (clicks only)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return up(make_plan(parse_args(argv)))
+    args = parse_args(argv)
+    return up(make_plan(args), pool=not args.no_pool)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from studio.jobs import GenerationParams
 from studio.nodes import AssetId, AssetKind, ParamsBase, UnknownNodeType, node_type
-from studio.tiers import Quality
+from studio.tiers import FallbackPolicy, Quality
 from studio.workspace import PROJECT_ID_RE, check_relative
 
 SCHEMA_VERSION = 1
@@ -72,6 +72,7 @@ class TakeStatus(StrEnum):
     generating = "generating"
     completed = "completed"
     failed = "failed"
+    cancelled = "cancelled"
 
 
 class Take(_Model):
@@ -91,7 +92,10 @@ class Take(_Model):
     finished_at: AwareDatetime | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
     error: str | None = None
-    attempts: int = Field(0, ge=0)
+    attempts: int = Field(0, ge=0, description="how many times a worker started it (a retry "
+                          "after a worker died is attempt 2)")
+    hand_outs: int = Field(0, ge=0, description="how many times the gateway handed it to Prefect "
+                           "again after Prefect lost it")
 
     @field_validator("path")
     @classmethod
@@ -206,6 +210,12 @@ class Project(_Model):
     id: str = Field(pattern=PROJECT_ID_RE.pattern, description="its folder name under Projects/")
     name: str = Field(min_length=1)
     quality: Quality = Quality.standard
+    fallback: FallbackPolicy = Field(
+        FallbackPolicy.when_offline,
+        description="when a click may render on a lower tier (studio.tiers.FallbackPolicy)")
+    fallback_grace_seconds: float = Field(
+        30.0, ge=0, le=3600, allow_inf_nan=False,
+        description="how long the requested tier must have been offline before a fallback")
     nodes: list[Node] = Field(default_factory=list)
     edges: list[Edge] = Field(default_factory=list)
     assets: list[Asset] = Field(default_factory=list)

@@ -98,8 +98,8 @@ def start_take(
     """Mark a take generating; each start (a retry too) counts as an attempt."""
     with store.edit(project_id) as project:
         _, take = _take(project, node_id, take_id)
-        if take.status == TakeStatus.completed:
-            raise TakeError(f"take {take.number} of node {node_id} is already completed")
+        if take.status in (TakeStatus.completed, TakeStatus.cancelled):
+            raise TakeError(f"take {take.number} of node {node_id} is already {take.status}")
         take.status = TakeStatus.generating
         take.started_at = now()
         take.attempts += 1
@@ -141,11 +141,39 @@ def fail_take(store: ProjectStore, project_id: str, node_id: str, take_id: str, 
     """Record why a take failed; the node's active take stays as it was."""
     with store.edit(project_id) as project:
         _, take = _take(project, node_id, take_id)
-        if take.status == TakeStatus.completed:
-            raise TakeError(f"take {take.number} of node {node_id} is completed; it cannot fail")
+        if take.status in (TakeStatus.completed, TakeStatus.cancelled):
+            raise TakeError(f"take {take.number} of node {node_id} is {take.status}; it cannot "
+                            "fail")
         take.status = TakeStatus.failed
         take.finished_at = now()
         take.error = error
+    return take
+
+
+def cancel_take(store: ProjectStore, project_id: str, node_id: str, take_id: str) -> Take:
+    """Record a take the artist cancelled while it was queued or generating."""
+    with store.edit(project_id) as project:
+        _, take = _take(project, node_id, take_id)
+        if take.status not in (TakeStatus.queued, TakeStatus.generating):
+            raise TakeError(f"take {take.number} of node {node_id} is {take.status}; only a "
+                            "queued or generating take can be cancelled")
+        take.status = TakeStatus.cancelled
+        take.finished_at = now()
+        take.error = None
+    return take
+
+
+def retry_take(store: ProjectStore, project_id: str, node_id: str, take_id: str) -> Take:
+    """Put a take whose worker died back in the queue: same number and path, its attempts kept
+    (the next start counts the next attempt), no task run until it is handed out again."""
+    with store.edit(project_id) as project:
+        _, take = _take(project, node_id, take_id)
+        if take.status != TakeStatus.generating:
+            raise TakeError(f"take {take.number} of node {node_id} is {take.status}; only a "
+                            "generating take is retried")
+        take.status = TakeStatus.queued
+        take.started_at = None
+        take.task_run_id = None
     return take
 
 

@@ -13,6 +13,14 @@ class Quality(StrEnum):
     high = "high"
 
 
+class FallbackPolicy(StrEnum):
+    """When a click may render on a lower tier than the project asks for (spec 3.1)."""
+
+    never = "never"  # always wait for the requested tier
+    when_offline = "when_offline"  # only once the requested tier has been offline a while
+    when_busy = "when_busy"  # also when its worker is busy and a lower tier's is idle
+
+
 class Tier(BaseModel):
     model_config = ConfigDict(frozen=True)
 

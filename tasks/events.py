@@ -18,6 +18,7 @@ STARTED = PREFIX + "started"
 PROGRESS = PREFIX + "progress"
 SUCCEEDED = PREFIX + "succeeded"
 FAILED = PREFIX + "failed"
+CANCELLED = PREFIX + "cancelled"
 
 
 def take_resource(job: TakeJob, task_run_id: str | None) -> dict[str, str]:

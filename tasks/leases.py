@@ -7,6 +7,7 @@ the take, so no take stays "generating" forever.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ class Lease:
         self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{take_id}")
 
     def _touch(self) -> None:
-        self.path.write_text(f"{os.getpid()}\n")
+        self.path.write_text(f"{socket.gethostname()} {os.getpid()}\n")
 
     def _beat(self) -> None:
         while not self._stop.wait(LEASE_SECONDS):
@@ -52,3 +53,21 @@ def lease_age(workspace_root: Path, take_id: str) -> float | None:
         return time.time() - lease_path(workspace_root, take_id).stat().st_mtime
     except FileNotFoundError:
         return None
+
+
+def holder_gone(workspace_root: Path, take_id: str) -> bool:
+    """True when the lease's worker ran on this host and its process no longer exists: a
+    worker killed mid-take is known dead at once, not only when its lease goes stale."""
+    try:
+        host, pid = lease_path(workspace_root, take_id).read_text().split()
+    except (FileNotFoundError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False

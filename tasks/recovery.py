@@ -1,7 +1,8 @@
-"""Takes whose worker died: failed with a reason, their leftovers removed.
+"""Takes whose worker died: their leftovers removed, then retried or failed (api.reconcile
+decides which).
 
 A take is abandoned when it is `generating` and its lease (tasks/leases.py) has not been
-touched for `stale_after` seconds, or never was.
+touched for `stale_after` seconds, or never was, or its worker's process is gone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from studio.manifest import Take, TakeStatus
 from studio.store import ProjectStore
 from studio.takes import fail_take
 from studio.workspace import safe_path
-from tasks.leases import STALE_AFTER_SECONDS, lease_age, lease_path
+from tasks.leases import STALE_AFTER_SECONDS, holder_gone, lease_age, lease_path
 
 
 def _leftovers(output: Path) -> list[Path]:
@@ -27,11 +28,32 @@ def _leftovers(output: Path) -> list[Path]:
 def is_abandoned(workspace_root: Path, take: Take, stale_after: float) -> bool:
     if take.status != TakeStatus.generating:
         return False
+    if holder_gone(workspace_root, take.id):
+        return True
     age = lease_age(workspace_root, take.id)
     if age is None:  # no lease yet: give a starting worker the same grace
         started = take.started_at or take.created_at
         age = (datetime.now(UTC) - started).total_seconds()
     return age > stale_after
+
+
+def clear_leftovers(store: ProjectStore, project_id: str, take: Take) -> None:
+    """A dead attempt's temporaries, preview, lease and any output: a retry starts clean."""
+    output = safe_path(store.project_dir(project_id), take.path)
+    for leftover in _leftovers(output):
+        leftover.unlink(missing_ok=True)
+    if take.status != TakeStatus.completed:
+        output.unlink(missing_ok=True)
+    lease_path(store.workspace.root, take.id).unlink(missing_ok=True)
+
+
+def abandoned_takes(store: ProjectStore, project_id: str,
+                    stale_after: float = STALE_AFTER_SECONDS) -> list[tuple[str, Take]]:
+    """(node id, take) of every generating take of the project whose worker is gone."""
+    root = store.workspace.root
+    project = store.load(project_id)
+    return [(node.id, take) for node in project.nodes for take in node.takes
+            if is_abandoned(root, take, stale_after)]
 
 
 def fail_abandoned_takes(store: ProjectStore, project_id: str,

@@ -17,18 +17,22 @@ from urllib.parse import quote
 
 from prefect import Task, task
 from prefect.artifacts import create_image_artifact, create_table_artifact
+from prefect.client.schemas.objects import State
 from prefect.context import TaskRunContext
+from prefect.states import Cancelled
 
 from runners.env import runner_env
 from runners.registry import strategy_for
 from runners.strategies import RunnerFailed
 from studio.jobs import TakeJob
+from studio.manifest import TakeStatus
 from studio.store import ProjectStore
-from studio.takes import TakeError, complete_take, fail_take, start_take
+from studio.takes import TakeError, cancel_take, complete_take, fail_take, start_take
 from studio.tiers import TIERS, Quality
 from studio.workspace import Workspace
 from tasks import events
-from tasks.leases import Lease
+from tasks.cancel import TakeCancelled, cancel_requested, clear_cancel
+from tasks.leases import STALE_AFTER_SECONDS, Lease, holder_gone, lease_age
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +107,30 @@ def _fail(store: ProjectStore, job: TakeJob, task_run_id: str | None, message: s
     events.emit(events.FAILED, job, task_run_id, error=message)
 
 
-def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any]:
-    """Runs one reserved take and records it. Raises RunnerFailed when the runner fails."""
+def _cancelled(store: ProjectStore, job: TakeJob, task_run_id: str | None,
+               output: Path) -> State:
+    """The take stopped at the artist's request: no file, recorded `cancelled`, and the
+    Prefect task run ends Cancelled."""
+    output.unlink(missing_ok=True)
+    try:
+        cancel_take(store, job.project_id, job.node_id, job.take_id)
+    except (TakeError, LookupError, ValueError) as exc:
+        log.warning("could not record the cancel of %s: %s", job.take_id, exc)
+    clear_cancel(store.workspace.root, job.take_id)
+    events.emit(events.CANCELLED, job, task_run_id)
+    return Cancelled(message=f"{take_label(job)} was cancelled")
+
+
+def _rendered_elsewhere(store: ProjectStore, job: TakeJob) -> bool:
+    """Another worker holds the take's live lease (a copy of the run delivered twice)."""
+    root = store.workspace.root
+    age = lease_age(root, job.take_id)
+    return age is not None and age < STALE_AFTER_SECONDS and not holder_gone(root, job.take_id)
+
+
+def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State:
+    """Runs one reserved take and records it. Raises RunnerFailed when the runner fails;
+    returns a Cancelled state when the take was cancelled (before or while it rendered)."""
     workspace = Workspace()
     store = ProjectStore(workspace)
     project_dir = store.project_dir(job.project_id)
@@ -114,6 +140,9 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any]:
     result_of = {"output_path": job.output_path, "take_id": job.take_id}
 
     def on_progress(percent: int, step: str, preview_path: str | None) -> None:
+        # Called between denoising steps: the runner unwinds and writes nothing.
+        if cancel_requested(workspace.root, job.take_id):
+            raise TakeCancelled(job.take_id)
         preview = None
         if preview_path:
             preview = Path(preview_path).resolve().relative_to(project_dir.resolve()).as_posix()
@@ -121,30 +150,45 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any]:
                     progress=percent, step=step, preview_path=preview)
 
     started = time.perf_counter()
-    preview_file = (project_dir / job.output_path).with_suffix(".preview.png")
+    output = project_dir / job.output_path
+    preview_file = output.with_suffix(".preview.png")
+    if _rendered_elsewhere(store, job):
+        log.warning("skipping %s: another worker is rendering it", take_label(job))
+        return {**result_of, "skipped": "rendered by another worker"}
     # The lease covers the recording too: a take is never "generating" without a live lease.
     with Lease(workspace.root, job.take_id):
+        if cancel_requested(workspace.root, job.take_id):
+            return _cancelled(store, job, task_run_id, output)
         try:
-            start_take(store, job.project_id, job.node_id, job.take_id,
-                       task_run_id=task_run_id, flow_run_id=flow_run_id)
-        except TakeError as exc:  # delivered again after it completed: nothing left to do
+            take = start_take(store, job.project_id, job.node_id, job.take_id,
+                              task_run_id=task_run_id, flow_run_id=flow_run_id)
+        except TakeError as exc:  # delivered again after it completed or was cancelled
             log.warning("skipping %s: %s", take_label(job), exc)
+            if store.load(job.project_id).get_node(job.node_id).get_take(  # type: ignore[union-attr]
+                    job.take_id).status == TakeStatus.cancelled:  # type: ignore[union-attr]
+                return Cancelled(message=f"{take_label(job)} was cancelled before it started")
             return {**result_of, "skipped": str(exc)}
         try:
-            events.emit(events.STARTED, job, task_run_id)
+            events.emit(events.STARTED, job, task_run_id, attempt=take.attempts)
             env = runner_env(job, workspace_root=workspace.root, project_dir=project_dir)
             try:
                 result = strategy_for(job.pipeline_id, mode).run(env, on_progress)
             finally:
                 # The live preview has served its purpose once the take ends, either way.
                 preview_file.unlink(missing_ok=True)
+            if cancel_requested(workspace.root, job.take_id):  # asked after the last step
+                return _cancelled(store, job, task_run_id, output)
             timings = {**result.timings, "total": time.perf_counter() - started}
             complete_take(store, job.project_id, job.node_id, job.take_id, timings=timings)
         except RunnerFailed as exc:
+            if cancel_requested(workspace.root, job.take_id):
+                return _cancelled(store, job, task_run_id, output)
             message = _failure_text(job, exc)
             _fail(store, job, task_run_id, message)
             raise RunnerFailed(message, exc.exit_code) from exc
         except BaseException as exc:  # a bug or an interrupt must not leave it "generating"
+            if isinstance(exc, TakeCancelled):
+                return _cancelled(store, job, task_run_id, output)
             _fail(store, job, task_run_id, f"{type(exc).__name__}: {exc}")
             raise
 
@@ -164,26 +208,26 @@ _TASK_OPTIONS: dict[str, Any] = {
 
 
 @task(name="text_to_image_low", **_TASK_OPTIONS)
-def text_to_image_low(job: TakeJob) -> dict[str, Any]:
+def text_to_image_low(job: TakeJob) -> dict[str, Any] | State:
     return render_take(job)
 
 
 @task(name="text_to_image_standard", **_TASK_OPTIONS)
-def text_to_image_standard(job: TakeJob) -> dict[str, Any]:
+def text_to_image_standard(job: TakeJob) -> dict[str, Any] | State:
     return render_take(job)
 
 
 @task(name="text_to_image_high", **_TASK_OPTIONS)
-def text_to_image_high(job: TakeJob) -> dict[str, Any]:
+def text_to_image_high(job: TakeJob) -> dict[str, Any] | State:
     return render_take(job)
 
 
-TIER_TASKS: dict[Quality, Task[..., dict[str, Any]]] = {
+TIER_TASKS: dict[Quality, Task[..., dict[str, Any] | State]] = {
     Quality.low: text_to_image_low,
     Quality.standard: text_to_image_standard,
     Quality.high: text_to_image_high,
 }
 
 
-def tier_task(quality: Quality | str) -> Task[..., dict[str, Any]]:
+def tier_task(quality: Quality | str) -> Task[..., dict[str, Any] | State]:
     return TIER_TASKS[Quality(quality)]

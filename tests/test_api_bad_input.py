@@ -1,6 +1,7 @@
 """Issue 5, refusals: bad WebSocket messages and REST requests get a reason, never a 5xx, and the
-socket stays usable; with no task worker at all a click fails at once, saying so; a take that no
-worker ever starts is handed out once more, then failed with a reason (never stuck `queued`).
+socket stays usable; with no task worker at all a click is queued, saying why and where (issue
+16: a click never fails for want of a worker); a take whose worker died is retried once, then
+failed with the reason.
 
 No task worker runs in this module: the session's Prefect server and the API under uvicorn.
 """
@@ -30,9 +31,8 @@ from tests.api_helpers import ApiServer, add_t2i, assert_no_worker_online, is_, 
 @pytest.fixture(scope="module")
 def api(prefect_server: LocalPrefectServer,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    # Short timeouts: the reconciler's give-up path is exercised in seconds, not minutes.
-    server = ApiServer(tmp_path_factory.mktemp("api-refusals"), reconcile_seconds=0.5,
-                       queue_timeout_seconds=3.0).start()
+    assert_no_worker_online()  # a worker vanishing later would send tier states mid-test
+    server = ApiServer(tmp_path_factory.mktemp("api-refusals"), reconcile_seconds=0.5).start()
     yield server
     server.stop()
 
@@ -102,24 +102,27 @@ def test_a_socket_for_a_project_that_does_not_exist_is_told_so_and_stays_open(
     socket.close()
 
 
-def test_with_no_worker_online_a_click_fails_at_once_naming_the_tiers(
+def test_with_no_worker_online_a_click_is_queued_with_its_place_and_the_reason(
         api: ApiServer, project: tuple[str, str, str], http: httpx.Client) -> None:
     assert_no_worker_online()
     project_id, t2i, _ = project
     socket = api.socket(project_id)
 
     socket.click(t2i)
-    failed = socket.next(timeout=10)
+    queued = socket.until(is_("node_state_updated", node_id=t2i, state="queued"), timeout=20,
+                          what="the click to be queued")[-1]["payload"]
 
-    assert failed["type"] == "server:task_failed"
-    assert failed["payload"]["task_id"] is None
-    assert failed["payload"]["error"].startswith(
-        "no task worker is online for quality high, standard, low")
-    assert http.get(f"/api/projects/{project_id}/nodes/{t2i}/takes").json() == []  # no take
+    assert queued["queue"]["tier"] == "high" and queued["queue"]["position"] >= 1
+    assert queued["queue"]["reason"].startswith("waiting for a high GPU worker")
+    [take] = http.get(f"/api/projects/{project_id}/nodes/{t2i}/takes").json()
+    assert (take["status"], take["id"]) == ("queued", queued["take_id"])
+    assert not of_type("task_failed", socket.quiet_for(1.0))
+    assert http.delete(f"/api/projects/{project_id}/nodes/{t2i}/takes/{take['id']}"
+                       ).json()["status"] == "cancelled"
     socket.close()
 
 
-def test_a_take_no_worker_starts_is_handed_out_once_more_then_failed_with_a_reason(
+def test_a_take_no_worker_starts_waits_queued_and_is_never_failed_for_want_of_one(
         api: ApiServer, http: httpx.Client) -> None:
     project_id = new_project(http, "Nobody Serves Low", quality="low")
     node_id = add_t2i(http, project_id)
@@ -132,41 +135,65 @@ def test_a_take_no_worker_starts_is_handed_out_once_more_then_failed_with_a_reas
     with store.edit(project_id) as p:
         p.get_node(node_id).get_take(job.take_id).task_run_id = task_run_id
 
-    got = socket.until(is_("node_state_updated", node_id=node_id, state="error"), timeout=30,
-                       what="the stuck take to be failed")
+    got = socket.quiet_for(5.0)  # ten reconcile passes
 
-    [failed] = of_type("task_failed", got)
-    assert failed["task_id"] == task_run_id and failed["take_id"] == job.take_id
-    assert "is `studio worker --tier low` running?" in failed["error"]
-    assert "handed out 2 times" in failed["error"]
+    assert not of_type("task_failed", got)
     [take] = http.get(f"/api/projects/{project_id}/nodes/{node_id}/takes").json()
-    assert (take["status"], take["attempts"]) == ("failed", 1)
-    assert [p["state"] for p in of_type("node_state_updated", got)] == ["queued", "error"]
+    assert (take["status"], take["hand_outs"], take["task_run_id"]) == ("queued", 0,
+                                                                        task_run_id)
+    http.delete(f"/api/projects/{project_id}/nodes/{node_id}/takes/{job.take_id}")
     socket.close()
 
 
-def test_a_take_whose_worker_stopped_while_rendering_is_failed_and_its_leftovers_removed(
-        api: ApiServer, http: httpx.Client) -> None:
-    project_id = new_project(http, "Worker Died")
+def _dead_take(api: ApiServer, http: httpx.Client, name: str,
+               attempts: int) -> tuple[str, str, str, Path]:
+    """A take started `attempts` times a minute ago whose worker never showed life since,
+    with a half-written file beside its output."""
+    project_id = new_project(http, name)
     node_id = add_t2i(http, project_id)
     store = ProjectStore(api.settings.workspace)
     job = prepare_take(store, project_id, node_id, quality_requested=Quality.standard,
                        quality_used=Quality.standard)
-    start_take(store, project_id, node_id, job.take_id, task_run_id=str(uuid.uuid4()))
-    with store.edit(project_id) as p:  # started a minute ago; its worker never showed life
+    for _ in range(attempts):
+        start_take(store, project_id, node_id, job.take_id, task_run_id=str(uuid.uuid4()))
+    with store.edit(project_id) as p:
         take = p.get_node(node_id).get_take(job.take_id)
         take.started_at = take.started_at - timedelta(seconds=60)
     output = store.project_dir(project_id) / job.output_path
     partial = output.with_name(output.name + ".partial")
     partial.write_bytes(b"half an image")
+    return project_id, node_id, job.take_id, partial
+
+
+def test_a_take_whose_worker_died_is_retried_once_as_the_same_take(
+        api: ApiServer, http: httpx.Client) -> None:
+    project_id, node_id, take_id, partial = _dead_take(api, http, "Worker Died Once", 1)
+    socket = api.socket(project_id)
+
+    got = socket.until(is_("node_state_updated", node_id=node_id, take_id=take_id,
+                           attempt=2), timeout=30, what="the take to be queued for attempt 2")
+
+    assert got[-1]["payload"]["state"] == "queued"
+    [take] = http.get(f"/api/projects/{project_id}/nodes/{node_id}/takes").json()
+    assert (take["status"], take["number"], take["attempts"]) == ("queued", 1, 1)
+    assert take["task_run_id"] and not partial.exists()
+    assert not of_type("task_failed", got)
+    http.delete(f"/api/projects/{project_id}/nodes/{node_id}/takes/{take_id}")
+    socket.close()
+
+
+def test_a_take_whose_worker_died_twice_is_failed_and_its_leftovers_removed(
+        api: ApiServer, http: httpx.Client) -> None:
+    project_id, node_id, take_id, partial = _dead_take(api, http, "Worker Died Twice", 2)
     socket = api.socket(project_id)
 
     got = socket.until(is_("node_state_updated", node_id=node_id, state="error"), timeout=30,
                        what="the abandoned take to be failed")
 
     [failed] = of_type("task_failed", got)
-    assert failed["take_id"] == job.take_id
+    assert failed["take_id"] == take_id
     assert "the worker stopped while rendering this take" in failed["error"]
+    assert "retried once" in failed["error"]
     assert not partial.exists()
     socket.close()
 
@@ -219,6 +246,8 @@ def test_no_generated_request_makes_the_api_answer_5xx(api: ApiServer,
 
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.path == "/readyz":
+            continue  # its 503 is the answer "not ready yet" (no worker runs in this module)
         strategy = operation.as_strategy()
 
         @given(case=strategy)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripts.stack import LOCAL_DEPLOYMENTS, deploy_command, make_plan, parse_args
+from scripts.stack import LOCAL_DEPLOYMENTS, banner, deploy_command, make_plan, parse_args
 from tests.stack_helpers import REPO
 
 
@@ -25,11 +25,21 @@ def test_up_starts_a_warm_worker_for_each_tier_that_has_weights(tmp_path: Path) 
     assert plan.missing_tiers == ["low"]
 
 
-def test_up_without_any_weights_still_starts_a_standard_worker_to_say_what_is_missing(
+def test_up_without_any_weights_starts_no_worker_and_says_which_command_fixes_it(
         tmp_path: Path) -> None:
     plan = make_plan(parse_args([]), {"STUDIO_WORKSPACE": str(tmp_path)})
-    assert plan.worker_tiers == ["standard"]  # its takes fail with "make download-models"
+    assert plan.worker_tiers == []  # clicks wait in the queue, saying why
     assert plan.missing_tiers == ["low", "standard", "high"]
+    text = banner(plan, {}, False, None, False)
+    assert "standard ready" not in text and "\nready" not in text
+    assert "low: no weights (run `make download-models`" in text
+    assert "NOT ready: no tier has weights; run `make download-models`" in text
+
+
+def test_the_api_is_told_which_tiers_to_wait_for(tmp_path: Path) -> None:
+    weights(tmp_path / "Library" / "AI_Models", "FLUX.1-dev")
+    plan = make_plan(parse_args([]), {"STUDIO_WORKSPACE": str(tmp_path)})
+    assert plan.env["STUDIO_TIERS"] == "standard,high"
 
 
 def test_demo_uses_the_tiny_model_at_every_tier_in_its_own_models_root(tmp_path: Path) -> None:

@@ -253,6 +253,9 @@ def test_a_quality_fallback_is_noticed(page: Page, stack: Stack) -> None:
     project_id = open_new_project(page, "Fallback")
     page.get_by_test_id("quality-select").select_option("high")
     wait_until(lambda: stack.project(project_id)["quality"] == "high", 10, "the saved quality")
+    # The default policy waits 30 s for an offline tier before falling back; not this project.
+    httpx.patch(f"{stack.base_url}/api/projects/{project_id}",
+                json={"fallback_grace_seconds": 0}).raise_for_status()
     node = add_node(page, "text_to_image")
     small_and_fast(page, node)
     node.get_by_test_id("node-prompt").fill("a castle on a hill")
@@ -263,6 +266,39 @@ def test_a_quality_fallback_is_noticed(page: Page, stack: Stack) -> None:
     wait_completed(node, takes=1)
     take = stack.project(project_id)["nodes"][0]["takes"][0]
     assert (take["quality_requested"], take["quality_used"]) == ("high", "standard")
+
+
+def test_the_bar_shows_each_tier_and_a_queued_or_running_take_can_be_cancelled(
+        page: Page, stack: Stack) -> None:
+    project_id = open_new_project(page, "Cancel")
+    expect(page.get_by_test_id("tier-state-standard")).to_have_attribute("data-state", "online")
+    expect(page.get_by_test_id("tier-state-high")).to_have_attribute("data-state", "offline")
+    busy = add_node(page, "text_to_image")
+    small_and_fast(page, busy)
+    page.get_by_test_id("steps-input").fill("60")
+    page.get_by_test_id("steps-input").press("Tab")
+    busy.get_by_test_id("node-prompt").fill("keeps the worker busy")
+    waiting = add_node(page, "text_to_image")
+    small_and_fast(page, waiting)
+    waiting.get_by_test_id("node-prompt").fill("waits its turn")
+
+    busy.get_by_test_id("node-generate").click()
+    expect(busy).to_have_attribute("data-state", "generating", timeout=GENERATION_TIMEOUT_MS)
+    waiting.get_by_test_id("node-generate").click()
+    expect(waiting.get_by_test_id("node-queue")).to_contain_text("Queued #1 on standard")
+    screenshot(page, "canvas-queued")
+
+    waiting.get_by_test_id("node-generate-cancel").click()
+    expect(waiting.get_by_test_id("node-queue")).to_have_count(0)
+    expect(waiting.get_by_test_id("node-generate")).to_be_enabled()
+    busy.get_by_test_id("node-generate-cancel").click()
+    expect(busy.get_by_test_id("node-generate")).to_be_enabled(timeout=GENERATION_TIMEOUT_MS)
+    nodes = stack.project(project_id)["nodes"]
+    wait_until(lambda: [t["status"] for n in stack.project(project_id)["nodes"]
+                        for t in n["takes"]] == ["cancelled", "cancelled"], 30,
+               "both takes to be recorded cancelled")
+    assert all(not (stack.workspace / "Projects" / project_id / t["path"]).exists()
+               for n in nodes for t in n["takes"])
 
 
 def test_keyboard_and_layout(page: Page, stack: Stack) -> None:

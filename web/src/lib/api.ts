@@ -12,6 +12,7 @@ import type {
   Quality,
   StudioEdge,
   StudioNode,
+  TierState,
 } from './types';
 
 // With STUDIO_API_TOKEN set, the studio is opened as /?token=…: every request carries it (as a
@@ -77,6 +78,12 @@ const node = (id: string, nodeId: string) => `${project(id)}/nodes/${encodeURICo
 
 export const api = {
   nodeTypes: () => request<Record<string, NodeTypeSpec>>('GET', '/node-types'),
+  /** Each tier's state from /healthz (outside /api: liveness needs no token). */
+  tiers: async (): Promise<TierState[]> => {
+    const response = await fetch('/healthz');
+    const body = (await response.json()) as { tiers?: Record<string, Omit<TierState, 'tier'>> };
+    return Object.entries(body.tiers ?? {}).map(([tier, t]) => ({ ...t, tier }) as TierState);
+  },
   listProjects: () => request<ProjectSummary[]>('GET', '/projects'),
   createProject: (name: string, quality: Quality) => request<Project>('POST', '/projects', { name, quality }),
   getProject: (id: string) => request<Project>('GET', project(id)),

@@ -12,10 +12,12 @@ import type {
   Position,
   Project,
   Quality,
+  QueuePlace,
   SocketSpec,
   StudioEdge,
   StudioNode,
   Take,
+  TierState,
 } from './types';
 
 /** What a running take looks like between server messages. */
@@ -46,6 +48,12 @@ class Studio {
   notice = $state<string | null>(null);
   toasts = $state<Toast[]>([]);
   socket = $state<ProjectSocket | null>(null);
+  /** Each quality tier's workers and queue (GET /healthz, then server:tier_states). */
+  tiers = $state<TierState[]>([]);
+  /** A queued take's place in its tier's queue, per node (the node's newest queued take). */
+  queue = $state<Record<string, QueuePlace & { takeId: string }>>({});
+  /** The take a node is busy with (queued or generating), for Cancel. */
+  busyTake = $state<Record<string, string>>({});
 
   /** Edits not sent yet, and edits sent but not answered: a reload must not undo either. */
   #pendingParams = new Map<string, Params>();
@@ -63,6 +71,7 @@ class Studio {
   async open(projectId: string): Promise<void> {
     this.close();
     this.#adopt(await api.getProject(projectId));
+    void this.loadTiers();
     this.socket = new ProjectSocket(
       projectId,
       (message) => this.#receive(message),
@@ -79,6 +88,16 @@ class Studio {
     this.live = {};
     this.errors = {};
     this.notice = null;
+    this.queue = {};
+    this.busyTake = {};
+  }
+
+  async loadTiers(): Promise<void> {
+    try {
+      this.tiers = await api.tiers();
+    } catch {
+      this.tiers = [];
+    }
   }
 
   async reload(): Promise<void> {
@@ -271,6 +290,18 @@ class Studio {
     this.states[nodeId] = 'queued';
   }
 
+  /** Cancels the take the node is busy with: it leaves the queue, or stops at the next step. */
+  cancel(nodeId: string): void {
+    const node = this.node(nodeId);
+    const takeId =
+      this.busyTake[nodeId] ??
+      node?.takes.findLast((t) => t.status === 'queued' || t.status === 'generating')?.id;
+    if (!takeId) return;
+    if (!this.socket?.send('client:cancel_generation', { take_id: takeId })) {
+      this.toast('Not connected to the studio server: try again when the connection is back.');
+    }
+  }
+
   async setActiveTake(nodeId: string, takeId: string): Promise<void> {
     const project = this.project;
     const node = this.node(nodeId);
@@ -289,14 +320,35 @@ class Studio {
   #receive({ type, payload }: Envelope): void {
     const nodeId = payload.node_id as string;
     switch (type) {
-      case 'server:node_state_updated':
+      case 'server:node_state_updated': {
         this.states[nodeId] = payload.state as NodeState;
-        if (payload.state !== 'generating' && payload.state !== 'queued') delete this.live[nodeId];
+        const takeId = payload.take_id as string | null;
+        const place = payload.queue as QueuePlace | null;
+        if (place && takeId) this.queue[nodeId] = { ...place, takeId };
+        else if (takeId && this.queue[nodeId]?.takeId === takeId) delete this.queue[nodeId];
+        if (takeId && (payload.state === 'queued' || payload.state === 'generating')) {
+          this.busyTake[nodeId] = takeId;
+        }
+        if (payload.state !== 'generating' && payload.state !== 'queued') {
+          delete this.live[nodeId];
+          delete this.queue[nodeId];
+          delete this.busyTake[nodeId];
+        }
         void this.reload(); // the takes changed (one reserved, started or finished)
+        break;
+      }
+      case 'server:task_cancelled':
+        delete this.live[nodeId];
+        if (this.queue[nodeId]?.takeId === payload.take_id) delete this.queue[nodeId];
+        void this.reload();
+        break;
+      case 'server:tier_states':
+        this.tiers = (payload.tiers as TierState[]) ?? [];
         break;
       case 'server:task_progress': {
         const previous = this.live[nodeId];
         this.states[nodeId] = 'generating';
+        if (this.queue[nodeId]?.takeId === payload.take_id) delete this.queue[nodeId];
         this.live[nodeId] = {
           progress: Number(payload.progress) || 0,
           step: String(payload.step ?? ''),

@@ -53,7 +53,24 @@ export interface Position {
   y: number;
 }
 
-export type TakeStatus = 'queued' | 'generating' | 'completed' | 'failed';
+export type TakeStatus = 'queued' | 'generating' | 'completed' | 'failed' | 'cancelled';
+
+/** Where a queued take waits (server:node_state_updated `queue`, api/messages.py QueuePlace). */
+export interface QueuePlace {
+  tier: Quality;
+  position: number;
+  reason: string;
+}
+
+/** One tier as /healthz and server:tier_states describe it (api/messages.py TierState). */
+export interface TierState {
+  tier: Quality;
+  state: 'starting' | 'online' | 'offline';
+  workers: number;
+  queued: number;
+  generating: number;
+  problem: string | null;
+}
 
 export interface Take {
   id: string;

@@ -1,0 +1,111 @@
+"""The reconciler's decision for one take (api.reconcile_rules.decide), case by case: a take is
+handed out again only when Prefect's state says the run was lost, a dead worker's take is
+retried once, and nothing fails for want of a worker."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from prefect.client.schemas.objects import StateType
+
+from api.reconcile_rules import MAX_ATTEMPTS, Action, Facts, Unknown, decide
+from studio.manifest import TakeStatus
+
+# A queued take handed to Prefect a while ago, its tier's worker online and idle for long.
+LOST = Facts(status=TakeStatus.queued, has_run=True, run_state=StateType.SCHEDULED,
+             waited=60, tier_online_for=60, tier_idle_for=60)
+
+
+def test_a_scheduled_run_with_an_idle_worker_online_is_lost_and_requeued() -> None:
+    assert decide(LOST).action == Action.requeue
+
+
+def test_a_scheduled_run_with_no_worker_online_waits_however_long() -> None:
+    assert decide(replace(LOST, tier_online_for=0, waited=86_400)).action == Action.wait
+
+
+def test_a_scheduled_run_behind_a_busy_worker_waits() -> None:
+    assert decide(replace(LOST, tier_idle_for=0)).action == Action.wait
+
+
+def test_a_worker_that_just_came_online_gets_a_few_seconds_to_take_the_run() -> None:
+    assert decide(replace(LOST, tier_online_for=1)).action == Action.wait
+
+
+def test_a_run_just_handed_out_is_not_lost_yet() -> None:
+    assert decide(replace(LOST, waited=1)).action == Action.wait
+
+
+def test_prefect_is_asked_only_when_the_run_could_have_been_lost() -> None:
+    assert decide(replace(LOST, run_state=Unknown.not_asked)).action == Action.ask
+    busy = replace(LOST, run_state=Unknown.not_asked, tier_idle_for=0)
+    assert decide(busy).action == Action.wait
+
+
+def test_prefect_unreachable_changes_nothing() -> None:
+    assert decide(replace(LOST, run_state=Unknown.unreachable)).action == Action.wait
+
+
+def test_a_running_or_finished_run_is_left_to_its_worker() -> None:
+    for state in (StateType.PENDING, StateType.RUNNING):
+        assert decide(replace(LOST, run_state=state)).action == Action.wait
+
+
+def test_a_run_prefect_no_longer_knows_is_submitted_anew() -> None:
+    assert decide(replace(LOST, run_state=None)).action == Action.submit
+
+
+def test_a_take_lost_too_often_fails_with_the_reason() -> None:
+    decision = decide(replace(LOST, hand_outs=2))
+    assert decision.action == Action.fail and "lost" in decision.reason
+
+
+def test_a_reserved_take_never_handed_out_is_submitted_after_a_grace() -> None:
+    fresh = replace(LOST, has_run=False, run_state=Unknown.not_asked, waited=1)
+    assert decide(fresh).action == Action.wait
+    assert decide(replace(fresh, waited=30)).action == Action.submit
+
+
+def test_a_take_being_handed_out_by_its_dispatcher_is_not_touched() -> None:
+    busy = replace(LOST, has_run=False, waited=30, submitting=True)
+    assert decide(busy).action == Action.wait
+
+
+def test_a_queued_take_whose_run_was_cancelled_in_prefect_is_cancelled() -> None:
+    assert decide(replace(LOST, run_state=StateType.CANCELLED)).action == Action.cancel
+
+
+def test_a_queued_take_whose_run_failed_before_starting_fails() -> None:
+    assert decide(replace(LOST, run_state=StateType.FAILED)).action == Action.fail
+
+
+def test_a_cancel_request_for_a_queued_take_cancels_it() -> None:
+    assert decide(replace(LOST, cancel_requested=True)).action == Action.cancel
+
+
+GENERATING = Facts(status=TakeStatus.generating, has_run=True, run_state=Unknown.not_asked,
+                   waited=10, tier_online_for=10, tier_idle_for=0, attempts=1)
+
+
+def test_a_generating_take_with_a_live_worker_is_left_alone() -> None:
+    assert decide(GENERATING).action == Action.wait
+
+
+def test_a_take_whose_worker_died_is_retried_once() -> None:
+    decision = decide(replace(GENERATING, worker_gone=True))
+    assert decision.action == Action.retry and "attempt 1" in decision.reason
+
+
+def test_a_take_whose_worker_died_on_the_retry_fails_with_the_reason() -> None:
+    decision = decide(replace(GENERATING, worker_gone=True, attempts=MAX_ATTEMPTS))
+    assert decision.action == Action.fail and "died" in decision.reason
+
+
+def test_a_dead_workers_take_that_was_being_cancelled_is_cancelled_not_retried() -> None:
+    dead = replace(GENERATING, worker_gone=True, cancel_requested=True)
+    assert decide(dead).action == Action.cancel
+
+
+def test_ended_takes_are_never_touched() -> None:
+    for status in (TakeStatus.completed, TakeStatus.failed, TakeStatus.cancelled):
+        assert decide(replace(LOST, status=status)).action == Action.wait
