@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prefect.settings import PREFECT_API_URL
 
-from api import routes_assets, routes_projects, ws
+from api import metrics, routes_assets, routes_projects, ws
 from api.dispatcher import Dispatcher
 from api.hub import Hub
 from api.reconcile import Reconciler
@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_projects.router)
     app.include_router(routes_assets.router)
     app.include_router(ws.router)
+    app.include_router(metrics.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
