@@ -29,6 +29,7 @@ from studio.batch import (
     Sweep,
     display_shot,
     find_project,
+    scene_name,
     select_nodes,
     sweep_node,
     take_seeds,
@@ -204,7 +205,9 @@ def batch_takes(
     target = sweep_node(found, sweep) if sweep.active else None
     nodes = [target] if target is not None else select_nodes(found, scene, shots)
     planned = plan_takes(nodes, takes_per_node, seeds, sweep, target)
-    scene_tag = target.shot.scene if target is not None and target.shot else scene.strip()
+    # Named as the manifest and the render folders name it (SCENE_01), whatever was typed.
+    scene_tag = (target.shot.scene if target is not None and target.shot
+                 else scene_name(scene) if scene.strip() else "")
     run_label = f"{found.name} · {scene_tag or 'all scenes'} · {len(planned)} takes · {q.value}"
     _name_run(found.name, scene_tag, len(planned), q,
               [f"project:{found.id}", f"scene:{scene_tag or 'all'}", f"quality:{q.value}",

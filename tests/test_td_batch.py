@@ -192,3 +192,45 @@ def test_log_rotation_keeps_writers_appending_to_the_same_file(tmp_path: Path) -
     rotate_logs(tmp_path, max_bytes=1, keep=2)
     assert (tmp_path / "api.log.2").read_bytes() == b"x" * 2000
     assert rotate_logs(tmp_path, max_bytes=10_000, keep=2) == []
+
+
+def _app(tmp_path: Path, token: str | None):  # noqa: ANN202 - a TestClient
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.settings import Settings
+
+    # No lifespan (no `with`): the file route and /metrics need neither relay nor reconciler.
+    return TestClient(create_app(Settings(workspace=Workspace(tmp_path), token=token)))
+
+
+def test_the_file_route_accepts_a_link_signed_for_that_file_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ProjectStore(Workspace(tmp_path))
+    project = store.create("P")
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(store.project_dir(project.id) / "03_Renders" / name)
+    monkeypatch.setenv("STUDIO_API_TOKEN", "secret")
+    monkeypatch.setenv("STUDIO_PUBLIC_URL", "http://testserver")
+    client = _app(tmp_path, "secret")
+    url = artifacts.file_url(project.id, "03_Renders/a.png")
+    assert client.get(url).status_code == 200
+    sig = url.split("?sig=")[1]
+    assert client.get(f"/api/projects/{project.id}/files/03_Renders/b.png",
+                      params={"sig": sig}).status_code == 401
+    assert client.get(f"/api/projects/{project.id}", params={"sig": sig}).status_code == 401
+    assert client.get(f"/api/projects/{project.id}",
+                      headers={"Authorization": "Bearer secret"}).status_code == 200
+
+
+def test_metrics_are_prometheus_text_with_every_tier_even_while_prefect_is_down(
+        tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = _app(tmp_path, None).get("/metrics")
+    assert response.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert {"studio_takes", "studio_queue_depth", "studio_render_seconds",
+            "studio_task_workers_online", "studio_prefect_up"} <= set(families)
+    tiers = {s.labels["tier"] for s in families["studio_queue_depth"].samples}
+    assert tiers == {"low", "standard", "high"}

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from PIL import Image
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRuns
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,7 +38,8 @@ from studio.store import ProjectStore
 from studio.workspace import Workspace
 from tests.stack_helpers import REPO, Proc, add_text_to_image, wait_until
 
-pytestmark = pytest.mark.stack
+# Slow on 2 shared cores: the first test also waits for the whole stack to start (~3 min).
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(1500)]
 
 TOKEN = "td-stack-secret"
 SYSTEM_PATH = "/usr/bin:/bin"
@@ -116,7 +117,7 @@ def _artifacts(flow_run_id: Any) -> list[Any]:
     async def read() -> list[Any]:
         async with get_client() as client:
             return await client.read_artifacts(artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRuns(any_=[flow_run_id])))
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     return asyncio.run(read())
 
 
@@ -321,7 +322,7 @@ def test_the_run_form_in_the_prefect_ui_explains_every_parameter(stack: StockSta
         async with get_client() as client:
             return str((await client.read_deployment_by_name("batch_takes/local")).id)
 
-    form = f"{stack.prefect_ui}/deployments/deployment/{asyncio.run(deployment_id())}/run"
+    form = f"{stack.prefect_ui}/v2/deployments/deployment/{asyncio.run(deployment_id())}/run"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
