@@ -47,13 +47,16 @@ class Sweep(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    shot: str = Field("", description="The node to sweep, by its shot: SHOT-010 (or SHOT_010). "
+    shot: str = Field("", title="Shot",
+                      description="The node to sweep, by its shot: SHOT-010 (or SHOT_010). "
                       "Empty: no sweep.")
-    seeds: list[int] = Field(default_factory=list, description="Seeds, e.g. [1, 2, 3].")
-    cfg_scales: list[float] = Field(default_factory=list,
+    seeds: list[int] = Field(default_factory=list, title="Seeds",
+                             description="Seeds, e.g. [1, 2, 3].")
+    cfg_scales: list[float] = Field(default_factory=list, title="CFG scales",
                                     description="CFG scales, e.g. [2.5, 3.5, 5].")
-    steps: list[int] = Field(default_factory=list, description="Step counts, e.g. [12, 20, 28].")
-    prompts: list[str] = Field(default_factory=list,
+    steps: list[int] = Field(default_factory=list, title="Steps",
+                             description="Step counts, e.g. [12, 20, 28].")
+    prompts: list[str] = Field(default_factory=list, title="Prompts",
                                description="Prompts to try instead of the node's.")
 
     @property
