@@ -285,7 +285,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_failed_batch_fires_the_failure_automation_at_the_webhook(stack: StockStack) -> None:
+def test_a_failed_batch_fires_the_failure_automations_at_the_webhook(stack: StockStack) -> None:
     hook = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     try:
@@ -301,14 +301,19 @@ def test_a_failed_batch_fires_the_failure_automation_at_the_webhook(stack: Stock
         project = store.create("Alerts", "standard")
         broken = add_text_to_image(store, project.id, shot="SHOT_070")
         _missing_lora(store, project.id, broken)
-        run = stack.batch(project="Alerts")
+        run = stack.batch(project="Alerts", takes_per_node=3)
         assert run.state is not None and run.state.is_failed(), run.state
 
-        def alerted() -> list[dict[str, Any]]:
-            return [a for a in _Hook.received if "Alerts · all scenes" in a.get("subject", "")]
+        def alerts(words: str) -> list[dict[str, Any]]:
+            return [a for a in _Hook.received if words in a.get("subject", "")]
 
-        [alert] = wait_until(alerted, 180, "the failure notification at the webhook", every=1)
+        [alert] = wait_until(lambda: alerts("Alerts · all scenes · 3 takes"), 180,
+                             "the batch's failure notification at the webhook", every=1)
         assert "batch_takes" in alert["body"] and "alex-missing.safetensors" in alert["body"]
+        # Its three failed takes of one tier fire the second automation.
+        [tier] = wait_until(lambda: alerts("Takes failing on the standard tier"), 120,
+                            "the failing-takes notification", every=1)
+        assert "alex-missing.safetensors" in tier["body"]
     finally:
         hook.shutdown()
 
