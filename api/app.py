@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from api import health, routes_assets, routes_projects, routes_takes, security, ws
+from api import health, metrics, routes_assets, routes_projects, routes_takes, security, ws
 from api.auth import canvas_index
 from api.dispatcher import Dispatcher
 from api.hub import Hub
@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_assets.router)
     app.include_router(ws.router)
     _install_edge(app, settings)
+    app.include_router(metrics.router)
 
     app.include_router(health.router)
     app.include_router(routes_takes.router)

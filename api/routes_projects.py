@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from api.auth import require_token
+from api.file_tokens import require_token_or_file_signature
 from api.messages import protocol_schema
 from api.views import IN_FLIGHT
 from studio.graph import node_state, validate_edge
@@ -31,7 +31,8 @@ from studio.takes import set_active_take
 from studio.tiers import FallbackPolicy, Quality
 from studio.workspace import MAX_NAME_CHARS, check_project_name, safe_path
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+# The file route also opens to a per-file signed link (the Prefect UI's images).
+router = APIRouter(prefix="/api", dependencies=[Depends(require_token_or_file_signature)])
 
 
 class _In(BaseModel):

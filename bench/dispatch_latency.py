@@ -48,9 +48,7 @@ def main() -> None:
            "STUDIO_WORKSPACE": str(root / "workspace"),
            "STUDIO_MODELS_ROOT": str(root / "models" / "Library" / "AI_Models"),
            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / "results"),
-           "PREFECT_LOGGING_LEVEL": "WARNING", "STUDIO_REPO": str(REPO), "OMP_NUM_THREADS": "1",
-           # The local pool runs `python -m prefect.engine`: it must be this venv's python.
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PREFECT_LOGGING_LEVEL": "WARNING", "STUDIO_REPO": str(REPO), "OMP_NUM_THREADS": "1"}
     os.environ.update(env)
     subprocess.run([sys.executable, "scripts/make_tiny_model.py", str(root / "models")],
                    cwd=REPO, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -89,7 +87,7 @@ def main() -> None:
                 t0 = time.time()
                 run = run_deployment("batch_takes/local", timeout=600, poll_interval=0.5,
                                      job_variables=job_vars,
-                                     parameters={"project_id": project.id, "seeds": [i]})
+                                     parameters={"project": project.id, "seeds": [i]})
                 assert run.state.is_completed(), run.state
                 take = latest_take()
                 starts.append(take.started_at.timestamp() - t0)
@@ -106,7 +104,7 @@ def main() -> None:
     print("(b) deployment, tuned", flush=True)
     measure_deployment("b-deployment-tuned", {**env, "PREFECT_WORKER_QUERY_SECONDS": "1",
                                               "PREFECT_WORKER_PREFETCH_SECONDS": "1"},
-                       {"command": "python -m prefect.engine"})
+                       {})  # the Process worker's default: its own interpreter, one start
 
     print("(c) warm task worker", flush=True)
     worker = start_tier_worker(Quality.standard, env, root / "task-worker.log")

@@ -1,79 +1,272 @@
-"""`batch_takes`: a TD's batch of takes, run as a deployment on a tier's work pool.
+"""`batch_takes`: a TD's batch of takes (or a look-development sweep), run as a deployment on a
+tier's work pool and started from the Prefect UI's run form or a schedule.
 
 The flow runs in one process, so the tier's pipeline loads once and every take reuses it.
+A failed take fails that take only: the others still render, and the run ends with a summary
+(done, failed with reasons, skipped) and a contact sheet of every take.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, tags
-from pydantic import BaseModel, Field
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.context import FlowRunContext
+from pydantic import Field
 
-from studio.graph import node_state
-from studio.jobs import prepare_take
-from studio.manifest import Project
+from studio.batch import (
+    BatchQuality,
+    Sweep,
+    display_shot,
+    find_project,
+    scene_name,
+    select_nodes,
+    sweep_node,
+    take_seeds,
+)
+from studio.jobs import TakeJob, prepare_take
+from studio.manifest import Node
 from studio.store import ProjectStore
 from studio.tiers import Quality
-from studio.workspace import Workspace
+from studio.workspace import RENDERS, Workspace
+from tasks import artifacts, contact_sheet
+from tasks.retry import render_options
 from tasks.text_to_image import take_tags, tier_task
 
-
-class NodeSelection(BaseModel):
-    """Which Text-to-Image nodes to render. Empty everywhere means every node of the project."""
-
-    scene: str | None = Field(default=None, description="only this scene, e.g. SCENE_02")
-    shots: list[str] = Field(default_factory=list, description="only these shots, e.g. SHOT_015")
-    node_ids: list[str] = Field(default_factory=list, description="only these node ids")
+CONTACT_SHEETS = f"{RENDERS}/CONTACT_SHEETS"
 
 
-def select_nodes(project: Project, selection: NodeSelection) -> list[str]:
-    chosen = []
-    for node in project.nodes:
-        if node.node_type != "text_to_image" or node.shot is None:
-            continue
-        if selection.node_ids and node.id not in selection.node_ids:
-            continue
-        if selection.scene and node.shot.scene != selection.scene:
-            continue
-        if selection.shots and node.shot.shot not in selection.shots:
-            continue
-        chosen.append(node.id)
-    return chosen
+@dataclass
+class PlannedTake:
+    node: Node
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class TakeOutcome:
+    planned: PlannedTake
+    status: str  # done | failed | skipped
+    label: str
+    path: str | None = None
+    reason: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+class BatchFailed(RuntimeError):
+    """Some takes failed; the summary artifact lists them."""
+
+
+def plan_takes(nodes: list[Node], takes_per_node: int, seeds: list[int],
+               sweep: Sweep, sweep_target: Node | None) -> list[PlannedTake]:
+    """Which takes to render, each with its seed (and, in a sweep, its cell's values)."""
+    if sweep_target is not None:
+        cells = sweep.cells()
+        # Without a seed axis every cell shares one seed, so only the swept values differ.
+        shared = take_seeds(1, seeds)[0]
+        return [PlannedTake(node=sweep_target,
+                            seed=cell.get("seed", shared),
+                            overrides={k: v for k, v in cell.items() if k != "seed"})
+                for cell in cells]
+    per_node = take_seeds(len(nodes) * takes_per_node, seeds)
+    if seeds:  # listed seeds run in turn within each node, the same for every node
+        per_node = take_seeds(takes_per_node, seeds) * len(nodes)
+    return [PlannedTake(node=node, seed=per_node[i * takes_per_node + j])
+            for i, node in enumerate(nodes) for j in range(takes_per_node)]
+
+
+def _axis_label(name: str, value: Any) -> str:
+    if name == "prompt":
+        text = str(value)
+        return f"'{text[:40]}...'" if len(text) > 40 else f"'{text}'"
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{'cfg' if name == 'cfg_scale' else name} {shown}"
+
+
+def _grid_labels(sweep: Sweep) -> tuple[int, list[str], list[str]]:
+    """Columns, column labels and row labels of a sweep's contact sheet."""
+    axes = sweep.axes()
+    first_name, first_values = axes[0]
+    columns = [_axis_label(first_name, v) for v in first_values]
+    rows = [" · ".join(_axis_label(axis, cell[axis]) for axis, _ in axes[1:])
+            for cell in sweep.cells()[:: len(first_values)]]
+    return len(first_values), columns, rows if len(axes) > 1 else []
+
+
+def _cell_label(outcome: TakeOutcome) -> str:
+    node = outcome.planned.node
+    assert node.shot is not None
+    take = Path(outcome.path).stem.rsplit("_", 1)[-1] if outcome.path else "-"
+    text = f"{display_shot(node.shot.shot)} · {take} · seed {outcome.planned.seed}"
+    return text if outcome.status == "done" else f"{text} · {outcome.status.upper()}"
+
+
+def _name_run(project_name: str, scene: str, count: int, quality: Quality,
+              extra_tags: list[str]) -> None:
+    """`Project Odyssey · SCENE_01 · 12 takes · standard`, and tags to filter runs by."""
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    from prefect.client.orchestration import get_client
+
+    name = f"{project_name} · {scene or 'all scenes'} · {count} takes · {quality.value}"
+    run_tags = sorted({*ctx.flow_run.tags, *extra_tags})
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(ctx.flow_run.id, name=name, tags=run_tags)
+
+
+def _summary(project_id: str, project_name: str, run_label: str, outcomes: list[TakeOutcome],
+             sheet_url: str | None) -> str:
+    done = [o for o in outcomes if o.status == "done"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    skipped = [o for o in outcomes if o.status == "skipped"]
+    lines = [f"# {run_label}", "",
+             f"**{len(done)} done, {len(failed)} failed, {len(skipped)} skipped** "
+             f"of {len(outcomes)} takes in {project_name}.", ""]
+    if failed or skipped:
+        lines += ["## Failed and skipped", ""]
+        lines += [f"- **{o.label}** ({o.status}): {o.reason}" for o in failed + skipped]
+        lines.append("")
+    if sheet_url:
+        lines += ["## Contact sheet", "", f"![contact sheet]({sheet_url})", "",
+                  f"[open the contact sheet]({sheet_url})", ""]
+    lines += ["## Takes", "", "| take | seed | status | file |", "| --- | --- | --- | --- |"]
+    for o in outcomes:
+        link = f"[{Path(o.path).name}]({artifacts.file_url(project_id, o.path)})" \
+            if o.path and o.status == "done" else (o.path or "")
+        lines.append(f"| {o.label} | {o.planned.seed} | {o.status} | {link} |")
+    return "\n".join(lines) + "\n"
+
+
+def _render_one(store: ProjectStore, project_id: str, planned: PlannedTake,
+                quality: Quality) -> TakeOutcome:
+    node = planned.node
+    assert node.shot is not None
+    label = f"{display_shot(node.shot.shot)} (seed {planned.seed})"
+    try:
+        job: TakeJob = prepare_take(store, project_id, node.id, quality_requested=quality,
+                                    quality_used=quality, seed=planned.seed,
+                                    overrides=planned.overrides or None)
+    except (ValueError, LookupError) as exc:  # the node cannot be rendered as it stands
+        return TakeOutcome(planned, "skipped", label, reason=str(exc))
+    label = f"{display_shot(node.shot.shot)} · take{job.take_number:02d}"
+    render = tier_task(quality).with_options(**render_options())
+    with tags(*take_tags(job)):
+        state = render(job, return_state=True)
+    if state.is_completed():
+        result = state.result()
+        if "skipped" in result:
+            return TakeOutcome(planned, "skipped", label, job.output_path, result["skipped"])
+        return TakeOutcome(planned, "done", label, job.output_path, result=result)
+    return TakeOutcome(planned, "failed", label, job.output_path,
+                       reason=state.message or state.name)
+
+
+# Mutable defaults are safe here: Prefect validates parameters into new objects per run.
 @flow(name="batch_takes", log_prints=True, persist_result=True)
 def batch_takes(
-    project_id: str,
-    selection: NodeSelection | None = None,
-    takes_per_node: int = 1,
-    seeds: list[int] | None = None,
-    quality: Quality | None = None,
-) -> list[dict[str, Any]]:
-    """Renders `takes_per_node` takes of each selected node; seeds are used in turn, or random.
+    project: str,
+    scene: str = "",
+    shots: list[str] = [],  # noqa: B006
+    takes_per_node: Annotated[int, Field(ge=1, le=100)] = 1,
+    seeds: list[int] = [],  # noqa: B006
+    quality: BatchQuality = BatchQuality.project,
+    sweep: Sweep = Sweep(),  # noqa: B008
+) -> dict[str, Any]:
+    """Renders takes of a project's Text-to-Image nodes, or a sweep over one node.
 
-    quality: the tier to render at; the project's own quality when left empty.
+    Args:
+        project: The project's name as the canvas shows it (e.g. Project Odyssey) or its id.
+        scene: Only this scene, e.g. SCENE-01. Empty: every scene.
+        shots: Only these shots, e.g. ["SHOT-010", "SHOT-020"] (SHOT_010 works too). Empty:
+            every shot of the scene.
+        takes_per_node: How many takes each selected node renders (1-100). Ignored by a sweep.
+        seeds: Seeds used in turn for each node's takes, e.g. [1, 2, 3]. Empty: a random seed
+            per take, so no two takes repeat.
+        quality: The tier to render at. `project` uses the project's own quality setting.
+        sweep: Look development: every combination of these seeds, CFG scales, steps and
+            prompts for the one node of `shot`, laid out as a labelled grid. Leave `shot` empty
+            for a normal batch.
     """
-    if not 1 <= takes_per_node <= 100:
-        raise ValueError(f"takes_per_node must be 1..100, not {takes_per_node}")
     logger = get_run_logger()
     store = ProjectStore(Workspace())
-    project = store.load(project_id)
-    q = Quality(quality or project.quality)
-    node_ids = select_nodes(project, selection or NodeSelection())
-    if not node_ids:
-        raise ValueError(f"no Text-to-Image node of {project_id} matches {selection}")
-    logger.info("%s: %d node(s) x %d take(s) at quality %s",
-                project_id, len(node_ids), takes_per_node, q.value)
+    found = find_project(store, project)
+    q = quality.resolve(found)
+    target = sweep_node(found, sweep) if sweep.active else None
+    nodes = [target] if target is not None else select_nodes(found, scene, shots)
+    planned = plan_takes(nodes, takes_per_node, seeds, sweep, target)
+    # Named as the manifest and the render folders name it (SCENE_01), whatever was typed.
+    scene_tag = (target.shot.scene if target is not None and target.shot
+                 else scene_name(scene) if scene.strip() else "")
+    run_label = f"{found.name} · {scene_tag or 'all scenes'} · {len(planned)} takes · {q.value}"
+    _name_run(found.name, scene_tag, len(planned), q,
+              [f"project:{found.id}", f"scene:{scene_tag or 'all'}", f"quality:{q.value}",
+               *(["sweep"] if target is not None else [])])
+    logger.info("%s: %d node(s), %d take(s) at quality %s%s", found.name, len(nodes),
+                len(planned), q.value, " (sweep)" if target is not None else "")
 
-    results = []
-    render = tier_task(q)
-    for node_id in node_ids:
-        for i in range(takes_per_node):
-            seed = seeds[i % len(seeds)] if seeds else None
-            job = prepare_take(store, project_id, node_id,
-                               quality_requested=q, quality_used=q, seed=seed)
-            with tags(*take_tags(job)):
-                results.append(render(job))
-        logger.info("%s: %s", node_id, node_state(store.load(project_id), node_id).value)
-    return results
+    progress_id = create_progress_artifact(progress=0.0, key=artifacts.batch_key(found.id,
+                                                                                 "progress"),
+                                           description=f"{run_label}: 0 of {len(planned)}")
+    outcomes: list[TakeOutcome] = []
+    for i, take in enumerate(planned, start=1):
+        started = time.perf_counter()
+        outcome = _render_one(store, found.id, take, q)
+        outcomes.append(outcome)
+        seconds = time.perf_counter() - started
+        if outcome.status == "done":
+            logger.info("take %d/%d %s: done in %.1f s", i, len(planned), outcome.label, seconds)
+        else:
+            logger.warning("take %d/%d %s: %s: %s", i, len(planned), outcome.label,
+                           outcome.status.upper(), outcome.reason)
+        update_progress_artifact(progress_id, progress=100.0 * i / len(planned),
+                                 description=f"{run_label}: {i} of {len(planned)}")
+
+    sheet_rel = _write_contact_sheet(store, found.id, outcomes, sweep if target else None)
+    sheet_url = artifacts.file_url(found.id, sheet_rel)
+    create_image_artifact(image_url=sheet_url, key=artifacts.batch_key(found.id, "contact-sheet"),
+                          description=f"{run_label}: contact sheet ({sheet_rel})")
+    summary = _summary(found.id, found.name, run_label, outcomes, sheet_url)
+    create_markdown_artifact(markdown=summary, key=artifacts.batch_key(found.id, "summary"),
+                             description=run_label)
+    done = sum(o.status == "done" for o in outcomes)
+    failed = [o for o in outcomes if o.status != "done"]
+    logger.info("%s: %d done, %d failed or skipped; contact sheet %s", run_label, done,
+                len(failed), sheet_rel)
+    if failed:
+        reasons = "; ".join(f"{o.label}: {o.reason}" for o in failed)
+        raise BatchFailed(f"{len(failed)} of {len(outcomes)} takes did not render ({reasons}); "
+                          f"{done} done, contact sheet {sheet_rel}")
+    return {"project": found.id, "contact_sheet": sheet_rel,
+            "takes": [o.result for o in outcomes]}
+
+
+def _write_contact_sheet(store: ProjectStore, project_id: str, outcomes: list[TakeOutcome],
+                         sweep: Sweep | None) -> str:
+    """The sheet's path relative to the project, under 03_Renders/CONTACT_SHEETS/."""
+    ctx = FlowRunContext.get()
+    run = str(ctx.flow_run.id)[:8] if ctx and ctx.flow_run else "local"
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    rel = f"{CONTACT_SHEETS}/batch_{stamp}_{run}.png"
+    project_dir = store.project_dir(project_id)
+    cells = [contact_sheet.Cell(_cell_label(o), project_dir / o.path
+                                if o.status == "done" and o.path else None) for o in outcomes]
+    if sweep is not None:
+        columns, column_labels, row_labels = _grid_labels(sweep)
+        contact_sheet.render(cells, project_dir / rel, columns=columns,
+                             column_labels=column_labels, row_labels=row_labels)
+    else:
+        contact_sheet.render(cells, project_dir / rel)
+    return rel
+
+

@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 
+from studio.batch import BatchQuality, find_node, find_project
 from studio.graph import execution_plan, fingerprint, node_state
 from studio.jobs import prepare_take
 from studio.nodes import NodeState
@@ -41,24 +42,33 @@ def _render(store: ProjectStore, project_id: str, node_id: str, q: Quality) -> d
 
 
 @flow(name="run_graph", log_prints=True, persist_result=True)
-def run_graph(project_id: str, node_id: str, quality: Quality | None = None) -> dict[str, Any]:
-    """Runs `node_id` and whatever upstream of it changed, in topological order."""
+def run_graph(project: str, node: str, quality: BatchQuality = BatchQuality.project
+              ) -> dict[str, Any]:
+    """Runs a node and whatever upstream of it changed, in topological order.
+
+    Args:
+        project: The project's name as the canvas shows it (e.g. Project Odyssey) or its id.
+        node: The Text-to-Image node to render, by its shot (SHOT-010 or SHOT_010) or its id.
+        quality: The tier to render at. `project` uses the project's own quality setting.
+    """
     logger = get_run_logger()
     store = ProjectStore(Workspace())
-    project = store.load(project_id)
-    q = Quality(quality or project.quality)
-    plan = execution_plan(project, node_id)
-    logger.info("plan for %s: %s", node_id, " -> ".join(plan))
+    found = find_project(store, project)
+    project_id = found.id
+    node_id = find_node(found, node).id
+    q = quality.resolve(found)
+    plan = execution_plan(found, node_id)
+    logger.info("plan for %s: %s", node, " -> ".join(plan))
     ran: list[str] = []
     for upstream_id in plan[:-1]:
-        node = project.get_node(upstream_id)
-        assert node is not None  # the plan only holds nodes of the project
-        if node.node_type == "text_to_image":
+        upstream = found.get_node(upstream_id)
+        assert upstream is not None  # the plan only holds nodes of the project
+        if upstream.node_type == "text_to_image":
             if node_state(store.load(project_id), upstream_id) is not NodeState.completed:
                 _render(store, project_id, upstream_id, q)
                 ran.append(upstream_id)
             continue
-        state = evaluate_node(project_id, upstream_id, fingerprint(project, upstream_id),
+        state = evaluate_node(project_id, upstream_id, fingerprint(found, upstream_id),
                               return_state=True)
         if not state.name == "Cached":
             ran.append(upstream_id)

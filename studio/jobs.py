@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -67,10 +69,12 @@ def prepare_take(
     quality_requested: Quality,
     quality_used: Quality,
     seed: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> TakeJob:
     """Resolves a Text-to-Image node and reserves its next take: the job a tier task runs.
 
-    The output path comes from the take allocation, never from a client.
+    The output path comes from the take allocation, never from a client. `overrides` (a sweep's
+    cell: prompt, steps, cfg_scale) replace the node's values for this take only.
     """
     # Imported here: graph and takes build on the models above.
     from studio.graph import fingerprint, resolve_inputs, to_generation_params
@@ -79,6 +83,12 @@ def prepare_take(
     project = store.load(project_id)
     resolved = resolve_inputs(project, node_id)
     params = to_generation_params(resolved, seed)
+    node_fingerprint = fingerprint(project, node_id)
+    if overrides:
+        params = GenerationParams.model_validate({**params.model_dump(), **overrides})
+        # Not the node's own settings: the take must not read as in sync with the node.
+        extra = json.dumps(overrides, sort_keys=True)
+        node_fingerprint = hashlib.sha256(f"{node_fingerprint}:{extra}".encode()).hexdigest()
     check_prompt_length(params)  # before a take is reserved for a render that would fail
     tier = TIERS[Quality(quality_used)]
     take = reserve_take(
@@ -89,7 +99,7 @@ def prepare_take(
         quality_used=Quality(quality_used),
         pipeline_id=tier.pipeline_id,
         params=params.model_dump(),
-        fingerprint=fingerprint(project, node_id),
+        fingerprint=node_fingerprint,
     )
     return TakeJob(
         project_id=project_id,

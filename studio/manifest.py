@@ -91,6 +91,11 @@ class Take(_Model):
     started_at: AwareDatetime | None = None
     finished_at: AwareDatetime | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
+    applied: dict[str, Any] = Field(
+        default_factory=dict,
+        description="steps/cfg_scale the tier really rendered with (the low tier clamps steps "
+        "to 4 and has no CFG), and notes saying why they differ from params",
+    )
     error: str | None = None
     attempts: int = Field(0, ge=0, description="how many times a worker started it (a retry "
                           "after a worker died is attempt 2)")

@@ -118,6 +118,7 @@ def complete_take(
     timings: dict[str, float],
     task_run_id: str | None = None,
     flow_run_id: str | None = None,
+    applied: dict[str, Any] | None = None,
 ) -> Take:
     """Record a finished take whose image is on disk, and make it the node's active take."""
     with store.edit(project_id) as project:
@@ -130,6 +131,7 @@ def complete_take(
         take.status = TakeStatus.completed
         take.finished_at = now()
         take.timings = dict(timings)
+        take.applied = dict(applied or {})
         take.error = None
         take.task_run_id = task_run_id or take.task_run_id
         take.flow_run_id = flow_run_id or take.flow_run_id

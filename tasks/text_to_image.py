@@ -9,11 +9,9 @@ of its own.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from prefect import Task, task
 from prefect.artifacts import create_image_artifact, create_table_artifact
@@ -30,16 +28,11 @@ from studio.store import ProjectStore
 from studio.takes import TakeError, cancel_take, complete_take, fail_take, start_take
 from studio.tiers import TIERS, Quality
 from studio.workspace import Workspace
-from tasks import events
+from tasks import artifacts, events
 from tasks.cancel import TakeCancelled, cancel_requested, clear_cancel
 from tasks.leases import STALE_AFTER_SECONDS, Lease, holder_gone, lease_age
 
 log = logging.getLogger(__name__)
-
-
-def public_url() -> str:
-    """Where browsers reach the API (the Prefect UI shows take images from it)."""
-    return os.environ.get("STUDIO_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 
 
 def take_label(job: TakeJob) -> str:
@@ -58,15 +51,15 @@ def take_tags(job: TakeJob) -> list[str]:
 
 
 def artifact_key(job: TakeJob) -> str:
-    """One key per node, so the Prefect UI lists a node's takes as versions, in order."""
-    raw = f"take-{job.project_id}-{job.node_id}".lower()
-    return "".join(c if c.isalnum() or c == "-" else "-" for c in raw)
+    """One key per project and shot: the Prefect UI lists a shot's takes as versions, in order."""
+    return artifacts.take_key(job)
 
 
 def _record_artifacts(job: TakeJob, seed: int | None, timings: dict[str, float]) -> None:
-    url = f"{public_url()}/api/projects/{quote(job.project_id)}/files/{quote(job.output_path)}"
-    key = artifact_key(job)
+    url = artifacts.file_url(job.project_id, job.output_path)
+    key = artifacts.take_key(job)
     label = take_label(job)
+    steps, cfg = artifacts.describe_effective(job)
     create_image_artifact(image_url=url, key=key, description=label)
     p = job.params
     rows = [
@@ -75,8 +68,8 @@ def _record_artifacts(job: TakeJob, seed: int | None, timings: dict[str, float])
         ("prompt", p.prompt),
         ("negative prompt", p.negative_prompt),
         ("seed", seed if seed is not None else p.seed),
-        ("steps", p.steps),
-        ("cfg scale", p.cfg_scale),
+        ("steps", steps),
+        ("cfg scale", cfg),
         ("size", f"{p.width}x{p.height}"),
         ("pipeline", job.pipeline_id),
         ("quality", f"{job.quality_used.value} (asked {job.quality_requested.value})"),
@@ -179,7 +172,8 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State
             if cancel_requested(workspace.root, job.take_id):  # asked after the last step
                 return _cancelled(store, job, task_run_id, output)
             timings = {**result.timings, "total": time.perf_counter() - started}
-            complete_take(store, job.project_id, job.node_id, job.take_id, timings=timings)
+            complete_take(store, job.project_id, job.node_id, job.take_id, timings=timings,
+                          applied=artifacts.effective_settings(job))
         except RunnerFailed as exc:
             if cancel_requested(workspace.root, job.take_id):
                 return _cancelled(store, job, task_run_id, output)

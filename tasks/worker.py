@@ -14,6 +14,7 @@ import time
 from runners.env import model_dir
 from studio.tiers import TIERS, Quality
 from studio.workspace import Workspace
+from tasks.heartbeat import start_heartbeat
 from tasks.text_to_image import tier_task
 
 
@@ -48,4 +49,5 @@ def serve_tier(quality: Quality | str, limit: int = 1, warm: bool = True) -> Non
     _say(f"ready: serving {tier_task(q).name} (limit {limit}) at "
          f"{os.environ.get('PREFECT_API_URL', 'the configured Prefect API')}")
     sys.stdout.flush()
+    start_heartbeat(q)  # ops' "tier offline" automation listens for it
     serve(tier_task(q), limit=limit)

@@ -41,8 +41,8 @@ def studio_env(workspace: Path, models_root: Path) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         # The tiny model renders fastest on one thread; two cores are shared by the whole run.
         "OMP_NUM_THREADS": "1",
-        # `python -m prefect.engine` (the local pool's command) must find this venv's python.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # Only the system's binaries: whatever the product starts must name its own interpreter.
+        "PATH": "/usr/bin:/bin",
     }
 
 

@@ -121,7 +121,7 @@ def test_a_batch_of_three_nodes_by_four_takes_renders_twelve_takes_with_one_mode
         "batch_takes/local",
         timeout=420,
         poll_interval=2,
-        parameters={"project_id": project.id, "takes_per_node": 4, "seeds": [1, 2, 3, 4]},
+        parameters={"project": project.id, "takes_per_node": 4, "seeds": [1, 2, 3, 4]},
     )
 
     assert run.state is not None and run.state.is_completed(), run.state
@@ -144,7 +144,7 @@ def test_a_batch_of_three_nodes_by_four_takes_renders_twelve_takes_with_one_mode
     images = [a for a in asyncio.run(artifacts()) if a.type == "image"]
     assert len(images) == 12
     result = asyncio.run(_result(run.id))
-    assert sum(r["loaded_pipeline"] for r in result) == 1
+    assert sum(r["loaded_pipeline"] for r in result["takes"]) == 1
     assert sorted(n for n in nodes) == sorted({n.id for n in manifest.nodes})
 
 
