@@ -44,9 +44,7 @@ class Gateway:
         self.hub = Hub()
         self.relay = Relay(self.store, self.hub)
         self.dispatcher = Dispatcher(self.store, self.hub, self.relay)
-        self.reconciler = Reconciler(self.store, self.relay,
-                                     queue_timeout=settings.queue_timeout_seconds,
-                                     interval=settings.reconcile_seconds)
+        self.reconciler = Reconciler(self.store, self.relay, interval=settings.reconcile_seconds)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def load(self, project_id: str) -> Project:
@@ -106,7 +104,7 @@ def _install_edge(app: FastAPI, settings: Settings) -> None:
     """Host and Origin checks and the body limit (api/security.py), outermost first."""
     app.add_middleware(security.BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(security.EdgeGuard, allowed_hosts=settings.hosts(),
-                       allowed_origins=settings.allowed_origins)
+                       allowed_origins=settings.origins())
     security.install_log_redaction()
 
 

@@ -87,8 +87,7 @@ def _age(moment: datetime) -> float:
 
 
 class Reconciler:
-    def __init__(self, store: ProjectStore, relay: Relay, *, queue_timeout: float = 0.0,
-                 interval: float) -> None:
+    def __init__(self, store: ProjectStore, relay: Relay, *, interval: float) -> None:
         self.store = store
         self.relay = relay
         self.tiers = relay.tiers

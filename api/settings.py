@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from api.security import LOOPBACK_HOSTS
 from studio.workspace import Workspace
@@ -31,10 +32,6 @@ class Settings:
     # out again within a few passes of its tier's worker being online and idle).
     reconcile_seconds: float = field(
         default_factory=lambda: _float("STUDIO_RECONCILE_SECONDS", 1.0))
-    # No longer used (issue 16: a queued take waits for its worker however long; see
-    # api.reconcile_rules); kept so existing environments still parse.
-    queue_timeout_seconds: float = field(
-        default_factory=lambda: _float("STUDIO_QUEUE_TIMEOUT_SECONDS", 300.0))
     # Where the built canvas lives; served at / when it exists.
     web_dist: Path = field(
         default_factory=lambda: Path(os.environ.get("STUDIO_WEB_DIST", REPO / "web" / "dist")))
@@ -48,6 +45,19 @@ class Settings:
     max_body_bytes: int = field(
         default_factory=lambda: int(os.environ.get("STUDIO_MAX_BODY_BYTES") or 1024 * 1024))
 
+    # Where browsers reach the API (tasks/artifacts.py builds the Prefect UI's links from it):
+    # its host and origin are allowed too, so a link that works is never refused at the edge.
+    public_url: str | None = field(
+        default_factory=lambda: os.environ.get("STUDIO_PUBLIC_URL") or None)
+
     def hosts(self) -> list[str]:
-        """Every allowed Host name: the loopback names, then STUDIO_ALLOWED_HOSTS."""
-        return [*LOOPBACK_HOSTS, *self.allowed_hosts]
+        """Every allowed Host name: the loopback names, STUDIO_ALLOWED_HOSTS, the public URL's."""
+        public = urlsplit(self.public_url).hostname if self.public_url else None
+        return [*LOOPBACK_HOSTS, *self.allowed_hosts, *([public] if public else [])]
+
+    def origins(self) -> list[str]:
+        """STUDIO_ALLOWED_ORIGINS and the public URL's origin."""
+        if not self.public_url:
+            return list(self.allowed_origins)
+        parts = urlsplit(self.public_url)
+        return [*self.allowed_origins, f"{parts.scheme}://{parts.netloc}"]

@@ -370,3 +370,13 @@ def test_the_access_log_never_holds_the_token(prefect_server: LocalPrefectServer
     assert "/api/projects?x=1&token=[redacted]&y=2" in log
     assert "/ws/Nope?token=[redacted]" in log
     assert TOKEN not in log
+
+
+def test_the_public_url_is_an_allowed_host_and_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.settings import Settings
+
+    monkeypatch.setenv("STUDIO_PUBLIC_URL", "https://studio.example.com")
+    settings = Settings()
+    assert "studio.example.com" in settings.hosts()
+    assert "https://studio.example.com" in settings.origins()
+    assert "evil.example" not in settings.hosts()

@@ -201,7 +201,8 @@ def _app(tmp_path: Path, token: str | None):  # noqa: ANN202 - a TestClient
     from api.settings import Settings
 
     # No lifespan (no `with`): the file route and /metrics need neither relay nor reconciler.
-    return TestClient(create_app(Settings(workspace=Workspace(tmp_path), token=token)))
+    return TestClient(create_app(Settings(workspace=Workspace(tmp_path), token=token)),
+                      base_url="http://127.0.0.1")  # an allowed Host (api/security.py)
 
 
 def test_the_file_route_accepts_a_link_signed_for_that_file_only(
@@ -211,7 +212,7 @@ def test_the_file_route_accepts_a_link_signed_for_that_file_only(
     for name in ("a.png", "b.png"):
         Image.new("RGB", (8, 8)).save(store.project_dir(project.id) / "03_Renders" / name)
     monkeypatch.setenv("STUDIO_API_TOKEN", "secret")
-    monkeypatch.setenv("STUDIO_PUBLIC_URL", "http://testserver")
+    monkeypatch.setenv("STUDIO_PUBLIC_URL", "http://127.0.0.1")
     client = _app(tmp_path, "secret")
     url = artifacts.file_url(project.id, "03_Renders/a.png")
     assert client.get(url).status_code == 200
