@@ -83,6 +83,7 @@ def docker_pool_template(tier: Tier, gpus: dict[Quality, int] | None = None) -> 
         "STUDIO_RUNNER_MODE": "in-process",
         "QUALITY": tier.quality.value,
         "PREFECT_HOME": "/tmp/prefect",
+        "STUDIO_GPUS": "",  # the container sees only its device request's GPU
     }
     for name, source in (("PREFECT_API_URL", "STUDIO_ADVERTISED_PREFECT_API_URL"),
                          ("STUDIO_PUBLIC_URL", "STUDIO_PUBLIC_URL")):

@@ -10,6 +10,7 @@ from typing import Any
 from prefect import flow, get_run_logger, tags
 from pydantic import BaseModel, Field
 
+from runners.gpus import apply_gpu_map
 from studio.graph import node_state
 from studio.jobs import prepare_take
 from studio.manifest import Project
@@ -60,6 +61,9 @@ def batch_takes(
     store = ProjectStore(Workspace())
     project = store.load(project_id)
     q = Quality(quality or project.quality)
+    gpu = apply_gpu_map(q)  # before the first take loads torch
+    if gpu is not None:
+        logger.info("rendering on %s (STUDIO_GPUS)", gpu.label())
     node_ids = select_nodes(project, selection or NodeSelection())
     if not node_ids:
         raise ValueError(f"no Text-to-Image node of {project_id} matches {selection}")

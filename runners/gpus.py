@@ -56,3 +56,16 @@ def gpu_map(environ: MutableMapping[str, str] | None = None,
     """STUDIO_GPUS resolved against this machine's GPUs (default: see studio.gpus)."""
     env = os.environ if environ is None else environ
     return resolve_gpu_map(env.get("STUDIO_GPUS"), list_gpus() if gpus is None else gpus)
+
+
+def apply_gpu_map(quality: Quality, environ: MutableMapping[str, str] | None = None,
+                  gpus: list[Gpu] | None = None) -> Gpu | None:
+    """Pins a batch (a flow run of the local pool) to its tier's GPU in STUDIO_GPUS, so it never
+    loads a second model on a card a warm worker fills. Does nothing without a configured map,
+    or when something already chose the GPUs (CUDA_VISIBLE_DEVICES set, e.g. by a container's
+    device request or `studio worker --gpu`)."""
+    env = os.environ if environ is None else environ
+    if not env.get("STUDIO_GPUS", "").strip() or "CUDA_VISIBLE_DEVICES" in env:
+        return None
+    index = gpu_map(env, gpus).get(quality)
+    return None if index is None else pin_gpu(index, env, gpus)

@@ -5,6 +5,7 @@ The same strategy runs through a real engine in tests/test_containers_engine.py.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from runners.env import container_path, host_path, runner_env
 from runners.registry import docker_strategy, strategy_for
 from runners.strategies import _container_name
 from studio.jobs import GenerationParams, TakeJob
-from studio.tiers import Quality
+from studio.tiers import TIERS, Quality
 
 
 def test_a_workspace_path_maps_to_the_volume_and_back(tmp_path: Path) -> None:
@@ -101,3 +102,39 @@ def test_the_runner_container_asks_for_the_configured_gpus(
     (request,) = spec["device_requests"]
     assert request["DeviceIDs"] == (device_ids or [])
     assert request["Count"] == (0 if device_ids else -1)
+
+
+def test_a_gpu_pool_pins_the_gpu_the_map_gives_its_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    from deployments.pools import docker_pool_template
+
+    monkeypatch.setenv("STUDIO_GPUS", "0=high,1=standard,2=low")
+    for quality, device in ((Quality.high, "0"), (Quality.standard, "1"), (Quality.low, "2")):
+        config = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(
+            docker_pool_template(TIERS[quality]), {}))
+        assert config.container_create_kwargs["device_requests"] == [
+            {"driver": "nvidia", "device_ids": [device], "capabilities": [["gpu"]]}]
+
+
+def test_a_deployment_drops_the_gpu_request_but_keeps_the_hardening() -> None:
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    from deployments.pools import HARDENING, docker_pool_template
+
+    config = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(
+        docker_pool_template(TIERS[Quality.standard]), {"device_requests": []}))
+    assert config.container_create_kwargs == {**HARDENING, "device_requests": []}
+
+
+def test_the_advertised_api_address_and_a_registry_reach_the_template(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deployments.pools import docker_pool_template
+
+    monkeypatch.setenv("STUDIO_ADVERTISED_PREFECT_API_URL", "http://10.0.0.5:4200/api")
+    monkeypatch.setenv("STUDIO_IMAGE_REGISTRY", "registry.example.com/studio")
+    props = docker_pool_template(TIERS[Quality.low])["variables"]["properties"]
+    assert props["env"]["default"]["PREFECT_API_URL"] == "http://10.0.0.5:4200/api"
+    assert props["image"]["default"] == "registry.example.com/studio/gms-studio:1.0-low-vram"
+    assert props["image_pull_policy"]["default"] == "IfNotPresent"

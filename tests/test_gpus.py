@@ -123,3 +123,24 @@ def test_the_worker_takes_its_gpu_from_the_map_when_none_is_given(
     env = {**two_gpu_driver, "STUDIO_GPUS": "0=standard,1=high"}
     line = _ready_line(env, tmp_path / "worker.log", "--tier", "high")
     assert line.endswith("on CUDA_VISIBLE_DEVICES=1")
+
+
+def test_a_local_batch_renders_on_its_tiers_gpu_from_the_map() -> None:
+    from runners.gpus import apply_gpu_map
+
+    env = {"STUDIO_GPUS": "0=high,1=standard"}
+    assert apply_gpu_map(Quality.standard, env, TWO_CARDS) == TWO_CARDS[1]
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+@pytest.mark.parametrize("env", [
+    {},  # no map: nothing is assumed
+    {"STUDIO_GPUS": "0=high"},  # the map has no GPU for this tier
+    {"STUDIO_GPUS": "0=high,1=standard", "CUDA_VISIBLE_DEVICES": "0"},  # already chosen
+])
+def test_a_local_batch_leaves_the_gpus_alone_without_a_mapping_for_it(env: dict) -> None:
+    from runners.gpus import apply_gpu_map
+
+    before = dict(env)
+    assert apply_gpu_map(Quality.standard, env, TWO_CARDS) is None
+    assert env == before
