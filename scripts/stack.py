@@ -25,7 +25,9 @@ from pathlib import Path
 
 import httpx
 
+from scripts.docker_pools import start_docker_pools
 from scripts.local_prefect import LocalPrefectServer
+from scripts.stack_gpus import plan_gpu_workers
 
 REPO = Path(__file__).resolve().parent.parent
 TIERS = ("low", "standard", "high")
@@ -108,7 +110,8 @@ def deploy_command() -> list[str]:
 
 
 def worker_command(tier: str) -> list[str]:
-    return [sys.executable, "-c", f"from tasks.worker import serve_tier; serve_tier({tier!r})"]
+    # The `studio worker` command pins the worker to its tier's GPU (STUDIO_GPUS) first.
+    return [str(Path(sys.executable).with_name("studio")), "worker", "--tier", tier]
 
 
 class Processes:
@@ -231,6 +234,7 @@ def up(plan: Plan) -> int:
         else:
             say(f"starting the Prefect server at {server.ui_url} (~30 s) ...")
             server.start(timeout=180)
+        plan.worker_tiers, gpu_line = plan_gpu_workers(plan.worker_tiers, plan.demo)
         for tier in plan.worker_tiers:
             procs.start(f"worker-{tier}", worker_command(tier))
         procs.start("api", [sys.executable, "-m", "api", "--host", plan.host,
@@ -240,6 +244,7 @@ def up(plan: Plan) -> int:
                                               "local"]) and procs.run("deploy", deploy_command())
         procs.start("prefect-worker-local", [sys.executable, "-m", "prefect", "worker", "start",
                                              "--pool", "local"])
+        docker_line = start_docker_pools(procs, say, plan.env)
         health_url = f"http://127.0.0.1:{plan.api_port}/healthz"
         health: dict[str, object] = {}
 
@@ -251,6 +256,7 @@ def up(plan: Plan) -> int:
 
         wait_for(all_ready, 240, every=1)
         say(banner(plan, health, deployed, "prefect-worker-local" not in procs.exited()))
+        say(f"{gpu_line}\n{docker_line}\n")
         while True:
             time.sleep(1)
             gone = procs.exited()

@@ -144,3 +144,38 @@ def test_a_local_batch_leaves_the_gpus_alone_without_a_mapping_for_it(env: dict)
     before = dict(env)
     assert apply_gpu_map(Quality.standard, env, TWO_CARDS) is None
     assert env == before
+
+
+def _driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *cards: str) -> None:
+    bin_dir = tmp_path / "driver"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text("#!/bin/sh\n" + "".join(f"echo '{card}'\n" for card in cards))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_make_up_on_one_16_gb_card_starts_only_the_tier_that_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scripts.stack_gpus import plan_gpu_workers
+
+    _driver(tmp_path, monkeypatch, "0, NVIDIA RTX 4080, 16376")
+    tiers, line = plan_gpu_workers(["low", "standard", "high"], environ={})
+    assert tiers == ["standard"]
+    assert line == ("  GPUs          0=standard (the tier that fits); "
+                    "no GPU for low, high: no worker (set STUDIO_GPUS)")
+
+
+def test_make_up_starts_a_worker_per_gpu_of_the_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scripts.stack_gpus import plan_gpu_workers
+
+    _driver(tmp_path, monkeypatch, "0, NVIDIA RTX 4090, 24564", "1, NVIDIA RTX 4080, 16376")
+    tiers, line = plan_gpu_workers(["low", "standard", "high"],
+                                   environ={"STUDIO_GPUS": "1=standard,0=high"})
+    assert tiers == ["standard", "high"]
+    assert line.startswith("  GPUs          0=high,1=standard (STUDIO_GPUS)")
+    with pytest.raises(SystemExit, match="STUDIO_GPUS: STUDIO_GPUS maps low to GPU 2: no such"):
+        plan_gpu_workers(["low"], environ={"STUDIO_GPUS": "2=low"})
