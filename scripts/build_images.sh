@@ -38,7 +38,8 @@ print("\n".join([*deps, *data["build-system"]["requires"], "wheel"]))
 PY
   "$PY" -m pip wheel --quiet --wheel-dir "$WH" "$TORCH_SPEC" -r "$WH/runner-requirements.txt" \
     -r "$WH/studio-requirements.txt"
-  # A pure-Python copy of the project itself would be built in the image: setuptools is there.
+  # Exact pins of the whole closed set: the image installs it without resolving (fast).
+  ls "$WH"/*.whl | sed -E 's#.*/##; s/^([^-]+)-([^-]+)-.*/\1==\2/' > "$WH/studio-lock.txt"
   echo "$stamp-$TORCH_SPEC" > "$WH/.stamp"
 fi
 # Extra CA certificates of this machine (TLS re-signed by a proxy) go into the images' trust.
@@ -54,6 +55,7 @@ build() {  # target tier tag
     --build-arg BASE_IMAGE="$STUDIO_BASE_IMAGE" \
     --build-arg PIP_INSTALL_ARGS="--no-index --find-links /wheelhouse" \
     --build-arg RUNNER_REQUIREMENTS="$WH/runner-requirements.txt" \
+    --build-arg STUDIO_LOCK=/wheelhouse/studio-lock.txt \
     --build-arg QUALITY="$2" \
     --target "$1" -t "$3" . >/dev/null
   echo "build images: $3 ($(podman image inspect --format '{{.Size}}' "$3" | awk '{printf "%.0f MB", $1/1e6}'))"
