@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export STUDIO_WORKSPACE ?= $(CURDIR)/Generative_Studio_Workspace
 
-.PHONY: setup up demo test test-fast lint download-models build-flux up-with-flux web
+.PHONY: setup up demo test test-fast lint download-models build-flux up-with-flux web engine images
 
 setup:
 	@bash scripts/setup.sh
@@ -19,14 +19,26 @@ up: setup web
 demo: setup web
 	@$(PY) -m scripts.stack --demo $(if $(TIERS),--tiers $(TIERS))
 
+# The container tests' engine (podman serving the Docker API) and images are set up first;
+# where that cannot be done the scripts say why and those tests skip with the reason.
 test: setup web
 	@$(PY) -m ruff check .
+	@bash scripts/container_engine.sh || true
+	@bash scripts/build_images.sh standard || true
 	@$(PY) -m pytest
 
 # The fast lane: the domain and unit tests, no servers, no browser, no canvas build.
 test-fast: setup
 	@$(PY) -m ruff check .
 	@$(PY) -m pytest -m "not stack and not slow"
+
+# podman from Debian, configured under .studio/engine; prints DOCKER_HOST (docs/deploy.md).
+engine:
+	@bash scripts/container_engine.sh
+
+# gms-flux and gms-studio (CPU torch, local Debian base) for TIERS="low standard high".
+images: setup engine
+	@bash scripts/build_images.sh $(TIERS)
 
 lint: setup
 	@$(PY) -m ruff check .

@@ -24,6 +24,7 @@ from prefect.artifacts import (
 from prefect.context import FlowRunContext
 from pydantic import Field
 
+from runners.gpus import apply_gpu_map
 from studio.batch import (
     BatchQuality,
     Sweep,
@@ -202,6 +203,9 @@ def batch_takes(
     store = ProjectStore(Workspace())
     found = find_project(store, project)
     q = quality.resolve(found)
+    gpu = apply_gpu_map(q)  # before the first take loads torch
+    if gpu is not None:
+        logger.info("rendering on %s (STUDIO_GPUS)", gpu.label())
     target = sweep_node(found, sweep) if sweep.active else None
     nodes = [target] if target is not None else select_nodes(found, scene, shots)
     planned = plan_takes(nodes, takes_per_node, seeds, sweep, target)

@@ -26,6 +26,33 @@ def model_dir(workspace_root: Path, pipeline_id: str) -> Path:
     return models_root(workspace_root) / "flux" / tier_for_pipeline(pipeline_id).variant
 
 
+def container_path(path: Path, workspace_root: Path) -> str:
+    """The path a container sees for a host path on the workspace volume (mounted at /workspace).
+
+    Raises ValueError for a path outside the workspace: a container could not reach it.
+    """
+    root = workspace_root.resolve()
+    resolved = path.resolve()
+    try:
+        relative = resolved.relative_to(root)
+    except ValueError:
+        raise ValueError(f"{resolved} is outside the workspace {root}: a runner container sees "
+                         f"only the workspace volume at {CONTAINER_WORKSPACE}") from None
+    return str(CONTAINER_WORKSPACE / relative.as_posix()) if relative.parts else \
+        str(CONTAINER_WORKSPACE)
+
+
+def host_path(path: str, workspace_root: Path) -> Path:
+    """The host path of a path a container reported (the inverse of `container_path`); a path
+    outside /workspace is returned as it is."""
+    pure = PurePosixPath(path)
+    try:
+        relative = pure.relative_to(CONTAINER_WORKSPACE)
+    except ValueError:
+        return Path(path)
+    return workspace_root.resolve().joinpath(*relative.parts)
+
+
 def runner_env(
     job: TakeJob,
     *,
@@ -40,10 +67,7 @@ def runner_env(
     mdir = model_dir(workspace_root, job.pipeline_id).resolve()
 
     def place(path: Path) -> str:
-        if not in_container:
-            return str(path)
-        # Everything the container touches must lie on the workspace volume.
-        return str(CONTAINER_WORKSPACE / path.relative_to(workspace_root).as_posix())
+        return container_path(path, workspace_root) if in_container else str(path)
 
     p = job.params
     env = {

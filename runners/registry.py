@@ -4,11 +4,41 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from runners.strategies import Docker, InProcess, Strategy, Subprocess
 from studio.tiers import tier_for_pipeline
 
 MODES = ("in-process", "subprocess", "docker")
+
+
+def docker_strategy(pipeline_id: str, environ: dict[str, str] | None = None) -> Docker:
+    """The container-per-take strategy as configured: STUDIO_WORKSPACE_VOLUME (what /workspace
+    mounts; default the named volume), STUDIO_WORKSPACE (where it lies on this host),
+    STUDIO_CONTAINER_GPUS (`map`, the default: the tier's GPU in STUDIO_GPUS, else all;
+    `all`; `none`; or `0,1`)."""
+    from runners.gpus import gpu_map
+
+    env = os.environ if environ is None else environ
+    tier = tier_for_pipeline(pipeline_id)
+    gpus = env.get("STUDIO_CONTAINER_GPUS", "map").strip()
+    gpu_ids: list[str] | None
+    if gpus == "all":
+        gpu_ids = None
+    elif gpus == "none":
+        gpu_ids = []
+    elif gpus == "map":
+        index = gpu_map(env).get(tier.quality)
+        gpu_ids = None if index is None else [str(index)]
+    else:
+        gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    workspace = env.get("STUDIO_WORKSPACE")
+    return Docker(
+        image=env.get("STUDIO_RUNNER_IMAGE") or tier.image,
+        workspace_volume=env.get("STUDIO_WORKSPACE_VOLUME", "generative_studio_workspace"),
+        host_workspace=Path(workspace) if workspace else None,
+        gpu_ids=gpu_ids,
+    )
 
 
 def _flux(pipeline_id: str) -> Callable[[str], Strategy]:
@@ -17,8 +47,7 @@ def _flux(pipeline_id: str) -> Callable[[str], Strategy]:
             return InProcess()
         if mode == "subprocess":
             return Subprocess()
-        volume = os.environ.get("STUDIO_WORKSPACE_VOLUME", "generative_studio_workspace")
-        return Docker(image=tier_for_pipeline(pipeline_id).image, workspace_volume=volume)
+        return docker_strategy(pipeline_id)
 
     return build
 

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import httpx
 
+from scripts.docker_pools import start_docker_pools
 from scripts.local_prefect import LocalPrefectServer
+from scripts.stack_gpus import plan_gpu_workers
 from scripts.supervise import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +114,8 @@ def deploy_command() -> list[str]:
 
 
 def worker_command(tier: str) -> list[str]:
-    return [sys.executable, "-c", f"from tasks.worker import serve_tier; serve_tier({tier!r})"]
+    # The `studio worker` command pins the worker to its tier's GPU (STUDIO_GPUS) first.
+    return [str(Path(sys.executable).with_name("studio")), "worker", "--tier", tier]
 
 
 class Processes:
@@ -229,6 +232,19 @@ def banner(plan: Plan, health: dict[str, object], ready: bool, deployed: bool | 
     return "\n".join(lines)
 
 
+class _SupervisedStarter:
+    """The Docker pools' workers are restarted like every other long-lived process."""
+
+    def __init__(self, procs: Processes, sup: Supervisor) -> None:
+        self.procs, self.sup = procs, sup
+
+    def run(self, name: str, cmd: list[str], timeout: float = 300) -> bool:
+        return self.procs.run(name, cmd, timeout)
+
+    def start(self, name: str, cmd: list[str]) -> object:
+        return self.sup.start(name, cmd)
+
+
 def readiness(plan: Plan) -> tuple[bool, dict[str, object]]:
     """GET /readyz: (200?, its body)."""
     try:
@@ -240,6 +256,10 @@ def readiness(plan: Plan) -> tuple[bool, dict[str, object]]:
 
 def up(plan: Plan, pool: bool = True, ready_timeout: float = 300) -> int:
     plan.logs.mkdir(parents=True, exist_ok=True)
+    # Before anything starts: the GPU map may leave a tier without a worker, and STUDIO_TIERS
+    # (what /readyz waits for) must name only the workers that really start.
+    plan.worker_tiers, gpu_line = plan_gpu_workers(plan.worker_tiers, plan.demo)
+    plan.env["STUDIO_TIERS"] = ",".join(plan.worker_tiers)
     procs = Processes(plan.logs, plan.env)
     sup = Supervisor(REPO, plan.env, plan.logs, plan.state_dir / "stack.json", say)
     server = plan.prefect_server()
@@ -273,6 +293,8 @@ def up(plan: Plan, pool: bool = True, ready_timeout: float = 300) -> int:
                                                                           deploy_command())
             sup.start("prefect-worker-local", [sys.executable, "-m", "prefect", "worker",
                                                "start", "--pool", "local"])
+        docker_line = (start_docker_pools(_SupervisedStarter(procs, sup), say, plan.env) if pool
+                       else "  GPU pools     not started (no pools asked for)")
         ready, health = False, {}
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline and plan.worker_tiers:
@@ -284,6 +306,7 @@ def up(plan: Plan, pool: bool = True, ready_timeout: float = 300) -> int:
         if not ready:
             ready, health = readiness(plan)
         say(banner(plan, health, ready, deployed, sup.running("prefect-worker-local")))
+        say(f"{gpu_line}\n{docker_line}\n")
         if ready:
             say(f"ready in {time.monotonic() - started:.1f} s (GET /readyz: 200)")
         while True:

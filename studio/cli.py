@@ -74,8 +74,22 @@ def new_project(
 def worker(
     tier: Annotated[Quality, typer.Option(help="the quality tier this worker serves")],
     limit: Annotated[int, typer.Option(help="takes at once; one per GPU")] = 1,
+    gpu: Annotated[int | None, typer.Option(
+        help="the GPU index (as nvidia-smi numbers them) this worker renders on; "
+             "default: the one STUDIO_GPUS maps to the tier, else every GPU CUDA sees")] = None,
 ) -> None:
     """Run the warm task worker of one tier: loads its pipeline, then serves clicks."""
+    from runners.gpus import gpu_map, pin_gpu
+    from studio.gpus import GpuMapError
+
+    try:
+        # Before tasks.worker: CUDA reads CUDA_VISIBLE_DEVICES once, when torch initialises it.
+        index = gpu if gpu is not None else gpu_map().get(tier)
+        if index is not None:
+            pin_gpu(index)
+    except GpuMapError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     from tasks.worker import serve_tier  # Prefect and torch load only for this command
 
     serve_tier(tier, limit=limit)

@@ -34,6 +34,12 @@ class Tier(BaseModel):
     pipeline_id: str
     description: str
 
+    @property
+    def flow_image(self) -> str:
+        """The tier's flow-run image (Prefect + the project + the runner): `gms-studio:<tag>`
+        with the runner image's tag."""
+        return f"gms-studio:{self.image.split(':', 1)[1]}"
+
 
 TIERS: dict[Quality, Tier] = {
     Quality.low: Tier(

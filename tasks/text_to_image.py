@@ -163,9 +163,11 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State
             return {**result_of, "skipped": str(exc)}
         try:
             events.emit(events.STARTED, job, task_run_id, attempt=take.attempts)
-            env = runner_env(job, workspace_root=workspace.root, project_dir=project_dir)
+            strategy = strategy_for(job.pipeline_id, mode)
+            env = runner_env(job, workspace_root=workspace.root, project_dir=project_dir,
+                             in_container=strategy.in_container)
             try:
-                result = strategy_for(job.pipeline_id, mode).run(env, on_progress)
+                result = strategy.run(env, on_progress)
             finally:
                 # The live preview has served its purpose once the take ends, either way.
                 preview_file.unlink(missing_ok=True)

@@ -22,6 +22,11 @@ def _say(message: str) -> None:
     print(f"[worker {os.getpid()}] {message}", flush=True)
 
 
+def _gpu_text() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return "every GPU CUDA sees" if visible is None else f"CUDA_VISIBLE_DEVICES={visible}"
+
+
 def preload(quality: Quality) -> bool:
     """Loads the tier's pipeline into this process; False when its weights are missing."""
     tier = TIERS[quality]
@@ -47,7 +52,7 @@ def serve_tier(quality: Quality | str, limit: int = 1, warm: bool = True) -> Non
     if os.environ.get("STUDIO_RUNNER_MODE", "in-process") == "in-process" and warm:
         preload(q)
     _say(f"ready: serving {tier_task(q).name} (limit {limit}) at "
-         f"{os.environ.get('PREFECT_API_URL', 'the configured Prefect API')}")
+         f"{os.environ.get('PREFECT_API_URL', 'the configured Prefect API')} on {_gpu_text()}")
     sys.stdout.flush()
     start_heartbeat(q)  # ops' "tier offline" automation listens for it
     serve(tier_task(q), limit=limit)

@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.deployments import run_deployment
 from prefect_docker.worker import DockerWorkerJobConfiguration
 
-from deployments.pools import ensure_pools, pool_specs
+from deployments.pools import ensure_pools, gpu_device_requests, pool_gpu_map, pool_specs
 from scripts.local_prefect import LocalPrefectServer
 from studio.manifest import TakeStatus
 from studio.store import ProjectStore
@@ -43,11 +43,14 @@ def test_each_gpu_pool_renders_its_tiers_image_gpu_request_volume_and_env(
         )
 
     config = asyncio.run(render())
-    assert config.image == tier.image
+    assert config.image == tier.flow_image  # gms-studio: Prefect + the project + the runner
+    assert config.image_pull_policy == "Never"  # pinned tags built on the Docker host
     assert config.volumes == ["generative_studio_workspace:/workspace:rw"]
-    assert config.container_create_kwargs["device_requests"] == [
-        {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}
-    ]
+    assert config.container_create_kwargs["device_requests"] == gpu_device_requests(
+        pool_gpu_map().get(quality))
+    assert config.container_create_kwargs["user"] == "1000:1000"
+    assert config.container_create_kwargs["read_only"] is True
+    assert config.container_create_kwargs["security_opt"] == ["no-new-privileges"]
     # Per-run env is merged into the template's, not put in its place.
     assert config.env["STUDIO_WORKSPACE"] == "/workspace"
     assert config.env["QUALITY"] == quality.value

@@ -37,23 +37,35 @@ def stages() -> list[dict]:
     return out
 
 
-def test_the_dockerfile_builds_in_a_python_stage_and_runs_on_cuda_as_uid_1000() -> None:
-    builder, final = stages()
-    assert (builder["from"], builder["name"]) == ("python:3.12-slim", "builder")
-    assert final["from"] == "nvidia/cuda:12.4.1-runtime-ubuntu22.04"
-    ops = final["instructions"]
-    assert [args for op, args in ops if op == "USER"] == ["1000:1000"]
-    assert ("ARG", "QUALITY=standard") in ops
-    assert any(op == "ENV" and "QUALITY=${QUALITY}" in args for op, args in ops)
-    assert any(op == "COPY" and args == "--from=builder /opt/venv /opt/venv" for op, args in ops)
-    assert json.loads(next(args for op, args in ops if op == "CMD")) == [
+def test_one_dockerfile_builds_the_runner_and_the_flow_run_image_as_uid_1000() -> None:
+    text = (FLUX / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04" in text
+    by_name = {stage["name"]: stage for stage in stages()}
+    assert by_name["base"]["from"] == "${BASE_IMAGE}"
+    runner, studio = by_name["runner"], by_name["studio"]
+    for stage, venv in ((runner, "runner-venv"), (studio, "studio-venv")):
+        ops = stage["instructions"]
+        assert stage["from"] == "base"
+        assert [args for op, args in ops if op == "USER"] == ["1000:1000"]
+        assert ("ARG", "QUALITY=standard") in ops
+        assert any(op == "ENV" and "QUALITY=${QUALITY}" in args for op, args in ops)
+        assert ("COPY", f"--from={venv} /opt/venv /opt/venv") in ops
+    assert json.loads(next(args for op, args in runner["instructions"] if op == "CMD")) == [
         "python", "src/run_flux_generation.py"]
-    # Every COPY source exists in the build context (runners/).
-    for stage in (builder, final):
+    # The runner image gets the runner package only; the flow-run image the whole project.
+    runner_sources = {args.split()[0] for op, args in runner["instructions"]
+                      if op == "COPY" and "--from=" not in args}
+    assert runner_sources == {"runners/__init__.py", "runners/flux/",
+                              "runners/flux/run_flux_generation.py"}
+    assert ("WORKDIR", "/app") in studio["instructions"]
+    # Every COPY source exists in the build context (the repository root).
+    for stage in by_name.values():
         for op, args in stage["instructions"]:
             if op == "COPY" and "--from=" not in args:
-                source = [a for a in args.split() if not a.startswith("--")][0]
-                assert (REPO / "runners" / source).exists(), source
+                for source in [a for a in args.split() if not a.startswith("--")][:-1]:
+                    source = source.replace("${RUNNER_REQUIREMENTS}",
+                                            "runners/flux/requirements.txt")
+                    assert (REPO / source).exists(), source
 
 
 def test_requirements_are_pinned_ranges_with_torch_from_the_cuda_index() -> None:
@@ -75,8 +87,8 @@ def test_compose_builds_the_three_tier_tags_and_an_attached_debug_service() -> N
     for quality, tag in TAGS.items():
         service = by_tag[tag]
         assert service["build"]["args"]["QUALITY"] == quality
-        assert (service["build"]["context"], service["build"]["dockerfile"]) == (
-            "./runners", "flux/Dockerfile")
+        assert (service["build"]["context"], service["build"]["dockerfile"],
+                service["build"]["target"]) == (".", "runners/flux/Dockerfile", "runner")
         assert "generative_studio_workspace:/workspace:rw" in service["volumes"]
         assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == [
             "gpu"]
