@@ -7,6 +7,10 @@ which puts it back on the server's queue (Prefect's EnqueueScheduledTasks rule).
 run, not making a new one, is what keeps "never twice": a copy delivered after the run
 completed is refused by Prefect ("This run is already completed").
 
+When the stack starts Prefect's task API itself (the production profile), it says when in
+STUDIO_PREFECT_STARTED_AT: a take handed out before then was lost with that process's queue and
+is handed out again at the first pass, not after `queue_timeout_seconds`.
+
 A take is handed out again once (`attempts` 0 -> 1 while queued); lost again, or still not
 started after `queue_timeout_seconds`, it fails with the reason. A `generating` take whose
 worker stopped touching its lease fails through tasks.recovery.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from datetime import UTC, datetime
 
@@ -79,6 +84,12 @@ async def _cancel(task_run_id: str) -> None:
         log.info("could not cancel task run %s: %s", task_run_id, exc)
 
 
+def prefect_started_at() -> datetime | None:
+    """When the Prefect API process that holds the task queue started, if the stack said so."""
+    raw = os.environ.get("STUDIO_PREFECT_STARTED_AT")
+    return datetime.fromisoformat(raw) if raw else None
+
+
 class Reconciler:
     def __init__(self, store: ProjectStore, relay: Relay, *, queue_timeout: float,
                  interval: float) -> None:
@@ -87,6 +98,7 @@ class Reconciler:
         self.queue_timeout = queue_timeout
         self.interval = interval
         self._lock = asyncio.Lock()
+        self.prefect_started_at = prefect_started_at()
         relay.on_reconnect.append(self.after_restart)
 
     async def run(self) -> None:
@@ -106,6 +118,8 @@ class Reconciler:
         restart_before: the Prefect server (probably) restarted after this moment, so every
         take handed out before it and not started was lost from the server's queue.
         """
+        if restart_before is None:
+            restart_before = self.prefect_started_at
         async with self._lock:
             done: list[str] = []
             for project in await asyncio.to_thread(self.store.list):

@@ -8,6 +8,9 @@ Starts, on 127.0.0.1 and each in its own process group:
   - the API (and the canvas, from web/dist) at :8000.
 It prints where each is and what is ready; Ctrl-C stops all of it.
 
+`--profile production` (`make up PROFILE=production`) runs Prefect on PostgreSQL and Redis, its API
+(two replicas) and services apart: scripts/production.py, docs/operations.md.
+
 `--demo` renders with a tiny random-weight FLUX model at every tier (built once into
 $STUDIO_WORKSPACE/.studio/demo-models): everything works on a laptop CPU, the images are noise.
 """
@@ -22,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -46,6 +50,8 @@ class Plan:
     worker_tiers: list[str]
     missing_tiers: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    profile: str = "embedded"
+    _prefect: Any = None
 
     @property
     def state_dir(self) -> Path:
@@ -55,9 +61,19 @@ class Plan:
     def logs(self) -> Path:
         return self.state_dir / "logs"
 
-    def prefect_server(self) -> LocalPrefectServer:
-        return LocalPrefectServer(self.state_dir / "prefect", self.prefect_port, ui=True,
-                                  log=self.logs / "prefect-server.log")
+    def prefect_server(self) -> Any:
+        """The embedded server, or the production profile's processes (one per plan)."""
+        if self._prefect is None:
+            if self.profile == "production":
+                from scripts.production import ProductionPrefect
+
+                self._prefect = ProductionPrefect(self.state_dir / "production",
+                                                  ui_port=self.prefect_port,
+                                                  task_port=self.prefect_port + 1)
+            else:
+                self._prefect = LocalPrefectServer(self.state_dir / "prefect", self.prefect_port,
+                                                   ui=True, log=self.logs / "prefect-server.log")
+        return self._prefect
 
 
 def has_weights(models_root: Path, tier: str) -> bool:
@@ -82,7 +98,8 @@ def make_plan(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         workers = ["standard"]
     plan = Plan(workspace=workspace, models_root=models_root, demo=args.demo, host=args.host,
                 api_port=args.port, prefect_port=args.prefect_port, worker_tiers=workers,
-                missing_tiers=[t for t in TIERS if t not in ready])
+                missing_tiers=[t for t in TIERS if t not in ready],
+                profile=getattr(args, "profile", "embedded"))
     home = plan.state_dir / "prefect"
     plan.env = {
         **environ,
@@ -197,7 +214,7 @@ def banner(plan: Plan, health: dict[str, object], deployed: bool, pool_worker: b
             if plan.demo else f"models from {plan.models_root}")
     lines = [
         "",
-        f"Generative Studio, local stack ({mode})",
+        f"Generative Studio, local stack ({mode}; profile {plan.profile})",
         f"  Prefect UI    http://127.0.0.1:{plan.prefect_port}",
         f"  API           {api}  ({'ready' if health.get('api') == 'ok' else 'NOT ready'}; "
         f"{canvas}; OpenAPI at /docs)",
@@ -230,7 +247,8 @@ def up(plan: Plan) -> int:
             say(f"using the Prefect server already at {server.ui_url}")
         else:
             say(f"starting the Prefect server at {server.ui_url} (~30 s) ...")
-            server.start(timeout=180)
+            server.start(timeout=300)
+            plan.env.update(server.env())  # the production profile adds when Prefect started
         for tier in plan.worker_tiers:
             procs.start(f"worker-{tier}", worker_command(tier))
         procs.start("api", [sys.executable, "-m", "api", "--host", plan.host,
@@ -272,7 +290,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the tiny random-weight model at every tier")
     parser.add_argument("--host", default="127.0.0.1", help="where the API listens")
     parser.add_argument("--port", type=int, default=8000, help="the API's port")
-    parser.add_argument("--prefect-port", type=int, default=4200)
+    parser.add_argument("--prefect-port", type=int, default=4200,
+                        help="the Prefect UI (production: the task API replica is this + 1)")
+    parser.add_argument("--profile", choices=("embedded", "production"),
+                        default=os.environ.get("STUDIO_PROFILE") or "embedded",
+                        help="embedded: Prefect on SQLite in one process (default); production: "
+                        "PostgreSQL, Redis, two API replicas and the services apart")
     parser.add_argument("--tiers", nargs="+", choices=TIERS,
                         help="start task workers only for these tiers (default: all with weights)")
     return parser.parse_args(argv)
