@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.production import ProductionError, ProductionPrefect
+from scripts.production import ProductionPrefect
 from studio.tiers import Quality
 from tests.api_helpers import Socket, is_, of_type
 from tests.stack_helpers import REPO, wait_until
@@ -188,12 +188,3 @@ def answers(url: str) -> bool:
         return httpx.get(f"{url}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def test_a_missing_postgres_is_named_with_its_package(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import scripts.production as production
-
-    monkeypatch.setattr(production, "PG_BIN", tmp_path / "nowhere")
-    with pytest.raises(ProductionError, match="apt-get install postgresql-15"):
-        ProductionPrefect(tmp_path / "state").start(timeout=5)
