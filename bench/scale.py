@@ -2,8 +2,8 @@
 and production (PostgreSQL, Redis, two API replicas, services apart).
 
 Per profile, a whole studio of real processes (tests/studio_stack.py): Prefect, one warm
-`standard` task worker on the tiny FLUX model (64x64, 1 step), a studio API, the `local` pool
-and its worker. Then:
+`standard` task worker on the tiny FLUX model (1 step at 256x256, the smallest size a node
+accepts), a studio API, the `local` pool and its worker. Then:
   batch    a `batch_takes` of NODES x TAKES through the `local` pool: takes lost, duplicated,
            wall time, takes/s;
   clicks   CLICKS clicks fired at once over CLICK_NODES nodes through one WebSocket: distinct
@@ -78,7 +78,7 @@ def new_project(http: httpx.Client, name: str, nodes: int) -> tuple[str, list[st
             "node_type": "text_to_image",
             "shot": {"scene": "SCENE_01", "shot": f"SHOT_{i + 1:03d}", "version": "v01"},
             "params": {"prompt": f"a lighthouse {i}", "steps": 1, "seed": i, "preset": "custom",
-                       "width": 64, "height": 64}})
+                       "width": 256, "height": 256}})
         node.raise_for_status()
         node_ids.append(node.json()["id"])
     return project_id, node_ids
@@ -125,8 +125,11 @@ def bench_batch(studio: Studio, http: httpx.Client, sizes: Sizes, timeout: float
     counts = count_takes(studio, project_id, sizes.takes)
     takes = [t for ts in all_takes(studio, project_id).values() for t in ts]
     render = sum(t.get("timings", {}).get("total", 0.0) for t in takes)
-    return {**counts, "state": final, "wall_s": wall,
-            "takes_per_s": counts["completed"] / wall, "render_share": render / wall}
+    # The renders are one after another in the flow: what the wall adds to them is orchestration
+    # (flow-run start, model load, task runs, events, artifacts, project.json).
+    return {**counts, "state": final, "wall_s": wall, "render_s": render,
+            "takes_per_s": counts["completed"] / wall, "render_share": render / wall,
+            "overhead_per_take_s": (wall - render) / max(1, counts["completed"])}
 
 
 async def _collect(url: str, stop: asyncio.Event, out: list[dict], ready: asyncio.Event,
@@ -224,6 +227,34 @@ def bench_clients(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes
             "rss_after_mb": after}
 
 
+async def _event_delays(emit_url: str, subscribe_url: str, n: int) -> list[float]:
+    """Seconds from emitting an event to a subscriber receiving it (production: emitted to the
+    UI replica, received from the task replica, through Redis)."""
+    import uuid
+
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient, PrefectEventSubscriber
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    name = f"studio.bench.{uuid.uuid4().hex[:8]}"
+    delays = []
+    subscriber = PrefectEventSubscriber(api_url=subscribe_url,
+                                        filter=EventFilter(event=EventNameFilter(name=[name])))
+    async with subscriber, PrefectEventsClient(api_url=emit_url) as client:
+        for i in range(n):
+            sent = time.monotonic()
+            await client.emit(Event(event=name, resource={"prefect.resource.id": f"bench.{i}"}))
+            await asyncio.wait_for(subscriber.__anext__(), timeout=60)
+            delays.append(time.monotonic() - sent)
+    return delays
+
+
+def bench_events(studio: Studio, n: int) -> dict:
+    emit_url = getattr(studio.prefect, "ui_api_url", studio.api_url)
+    delays = asyncio.run(_event_delays(emit_url, studio.api_url, n))
+    return {"p50_s": pct(delays, 0.5), "p95_s": pct(delays, 0.95), "max_s": max(delays)}
+
+
 # --- one profile ----------------------------------------------------------------------------
 
 def run_profile(profile: str, sizes: Sizes, models_root: Path, timeout: float,
@@ -237,6 +268,8 @@ def run_profile(profile: str, sizes: Sizes, models_root: Path, timeout: float,
         studio.deploy_local_pool()
         print(f"[{profile}] up (Prefect in {startup:.0f} s)", flush=True)
         result: dict[str, Any] = {"startup_s": startup}
+        result["events"] = bench_events(studio, 20)
+        print(f"[{profile}] event delay: {result['events']}", flush=True)
         with httpx.Client(base_url=api_url, timeout=60) as http:
             result["clicks"] = bench_clicks(studio, http, api_url, sizes, timeout)
             print(f"[{profile}] clicks: {result['clicks']}", flush=True)
@@ -259,6 +292,9 @@ def table(results: dict[str, dict[str, Any]], sizes: Sizes) -> str:
         (f"batch {sizes.nodes}x{sizes.takes}: takes failed", "batch", "failed", None),
         (f"batch {sizes.nodes}x{sizes.takes}: wall (s)", "batch", "wall_s", False),
         (f"batch {n_batch} takes: takes/s", "batch", "takes_per_s", True),
+        (f"batch {n_batch} takes: render time, sum (s)", "batch", "render_s", False),
+        (f"batch {n_batch} takes: wall - render, per take (s)", "batch", "overhead_per_take_s",
+         False),
         (f"{sizes.clicks} clicks: completed", "clicks", "completed", True),
         (f"{sizes.clicks} clicks: lost", "clicks", "lost", None),
         (f"{sizes.clicks} clicks: duplicated", "clicks", "duplicated", None),
@@ -269,6 +305,8 @@ def table(results: dict[str, dict[str, Any]], sizes: Sizes) -> str:
         (f"{sizes.clients} clients: takes lost", "clients", "lost", None),
         (f"{sizes.clients} clients: API RSS before (MB)", "clients", "rss_before_mb", False),
         (f"{sizes.clients} clients: API RSS after (MB)", "clients", "rss_after_mb", False),
+        ("event emit -> subscriber p50 (s)", "events", "p50_s", False),
+        ("event emit -> subscriber max (s)", "events", "max_s", False),
         ("Prefect start (s)", None, "startup_s", False),
     ]
     profiles = [p for p in PROFILES if p in results]

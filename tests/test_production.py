@@ -40,7 +40,7 @@ def studio(tiny_model_dir: Path) -> Iterator[Studio]:
         yield stack
     finally:
         stack.stop()
-        shutil.rmtree(stack.root, ignore_errors=True)
+        shutil.rmtree(stack.workspace, ignore_errors=True)  # the logs stay, for a failure
 
 
 def api(studio: Studio, name: str) -> httpx.Client:
@@ -61,7 +61,7 @@ def new_project(http: httpx.Client, name: str, nodes: int, steps: int = 1) -> tu
             "node_type": "text_to_image",
             "shot": {"scene": "SCENE_01", "shot": f"SHOT_{10 * (i + 1):03d}", "version": "v01"},
             "params": {"prompt": f"a fox {i}", "steps": steps, "seed": i, "preset": "custom",
-                       "width": 64, "height": 64}})
+                       "width": 256, "height": 256}})
         assert node.status_code == 201, node.text
         node_ids.append(node.json()["id"])
     return project_id, node_ids
