@@ -148,7 +148,7 @@ def test_a_batch_survives_the_services_process_being_killed_mid_batch(studio: St
 
 def test_takes_queued_when_the_stack_stops_render_after_it_starts_again(studio: Studio) -> None:
     with api(studio, "api-1") as http:
-        project_id, [node_id] = new_project(http, "Prod Restart", 1, steps=30)
+        project_id, [node_id] = new_project(http, "Prod Restart", 1, steps=10)
     clicker = socket(studio, "api-1", project_id)
     for _ in range(4):
         clicker.click(node_id)
@@ -163,6 +163,7 @@ def test_takes_queued_when_the_stack_stops_render_after_it_starts_again(studio: 
     studio.start_prefect()
     studio.start_worker(Quality.standard)
     studio.start_api("api-1")
+    up = time.monotonic() - restarted
 
     with api(studio, "api-1") as http:
         def settled() -> list[dict] | None:
@@ -180,7 +181,7 @@ def test_takes_queued_when_the_stack_stops_render_after_it_starts_again(studio: 
             assert (studio.workspace / "Projects" / project_id / take["path"]).is_file()
     # The take that was rendering died with its worker; the three queued ones render.
     assert statuses.count("completed") >= 3, final
-    print(f"4 takes settled {took:.0f} s after the stack started again: {statuses}")
+    print(f"stack up again in {up:.0f} s; the 4 takes settled {took - up:.0f} s later: {statuses}")
 
 
 def answers(url: str) -> bool:
