@@ -13,7 +13,7 @@ accepts), a studio API, the `local` pool and its worker. Then:
 and a table with the production/SQLite ratio per row.
 
     .venv/bin/python bench/scale.py            # 50 x 20 batch, 100 clicks, 200 clients
-    .venv/bin/python bench/scale.py --quick    # 5 x 4, 20 clicks, 20 clients (the suite runs it)
+    .venv/bin/python bench/scale.py --quick    # 2 x 2, 6 clicks, 10 clients (the suite runs it)
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Sizes:
 
 
 FULL = Sizes(nodes=50, takes=20, clicks=100, click_nodes=10, clients=200, client_takes=20)
-QUICK = Sizes(nodes=3, takes=4, clicks=12, click_nodes=3, clients=20, client_takes=4)
+QUICK = Sizes(nodes=2, takes=2, clicks=6, click_nodes=3, clients=10, client_takes=2)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (the test suite)")
     parser.add_argument("--profiles", nargs="+", choices=PROFILES, default=list(PROFILES))
-    parser.add_argument("--nodes", type=int, help="batch nodes (default 50; quick 3)")
-    parser.add_argument("--takes", type=int, help="batch takes per node (default 20; quick 4)")
+    parser.add_argument("--nodes", type=int, help="batch nodes (default 50; quick 2)")
+    parser.add_argument("--takes", type=int, help="batch takes per node (default 20; quick 2)")
     parser.add_argument("--timeout", type=float, default=3600,
                         help="per scenario, seconds")
     parser.add_argument("--json", type=Path, help="also write the results here")
