@@ -38,6 +38,7 @@ from studio.takes import TakeError, fail_take
 from tasks import events
 from tasks.events import take_resource
 from tasks.recovery import fail_abandoned_takes
+from tasks.retry import aretry_transient
 from tasks.submit import submit_take
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,13 @@ async def _requeue(task_run_id: str, state: State) -> bool:
     again = Scheduled()
     again.state_details.deferred = True
     again.state_details.task_parameters_id = state.state_details.task_parameters_id
-    async with get_client() as client:
-        result = await client.set_task_run_state(uuid.UUID(task_run_id), again, force=False)
-    return result.status.value == "ACCEPT"
+
+    async def propose() -> bool:
+        async with get_client() as client:
+            result = await client.set_task_run_state(uuid.UUID(task_run_id), again, force=False)
+        return result.status.value == "ACCEPT"
+
+    return await aretry_transient(propose, f"handing task run {task_run_id} out again")
 
 
 async def _cancel(task_run_id: str) -> None:

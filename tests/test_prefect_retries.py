@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import uvicorn
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
@@ -20,6 +21,7 @@ from starlette.routing import Route
 from scripts.local_prefect import free_port
 from studio.tiers import Quality
 from tasks.availability import connected_task_workers
+from tasks.retry import retry_transient
 from tasks.text_to_image import TIER_TASKS
 
 
@@ -69,3 +71,35 @@ def test_a_transient_503_on_the_task_worker_route_is_retried_not_surfaced(
     assert [w["identifier"] for w in workers] == ["host-1"]
     assert workers[0]["task_keys"] == [TIER_TASKS[Quality.standard].task_key]
     assert server.calls == 3  # two 503s, then the answer
+
+
+def test_our_own_backoff_goes_on_where_prefects_retries_end(flaky: tuple[Flaky, str]) -> None:
+    server, url = flaky
+    # Prefect's client gives up at the first 503 here; tasks/retry.py does not.
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}):
+        workers = asyncio.run(connected_task_workers([Quality.standard]))
+    assert [w["identifier"] for w in workers] == ["host-1"]
+    assert server.calls == 3
+
+
+def test_a_persistent_error_is_not_retried_forever() -> None:
+    calls = []
+
+    def refuse() -> None:
+        calls.append(1)
+        request = httpx.Request("POST", "http://127.0.0.1/api/task_runs/")
+        raise httpx.HTTPStatusError("503", request=request,
+                                    response=httpx.Response(503, request=request))
+
+    with pytest.raises(httpx.HTTPStatusError):
+        retry_transient(refuse, "a test", seconds=2)
+    assert 1 < len(calls) < 10
+
+    def broken() -> None:
+        calls.clear()
+        calls.append(1)
+        raise ValueError("a bug, not a lock")
+
+    with pytest.raises(ValueError):
+        retry_transient(broken, "a test", seconds=30)
+    assert len(calls) == 1
