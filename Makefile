@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export STUDIO_WORKSPACE ?= $(CURDIR)/Generative_Studio_Workspace
 
-.PHONY: setup up demo test test-fast lint download-models build-flux up-with-flux web engine images
+.PHONY: setup setup-production up demo test test-fast lint download-models build-flux up-with-flux web engine images
 
 setup:
 	@bash scripts/setup.sh
@@ -13,11 +13,19 @@ web: setup
 	@bash scripts/setup_web.sh
 
 # TIERS="standard" starts task workers for those tiers only (each holds its model on the GPU).
-up: setup web
-	@$(PY) -m scripts.stack $(if $(TIERS),--tiers $(TIERS))
+# PROFILE=production: Prefect on PostgreSQL + Redis, API replicas and services apart
+# (docs/operations.md); the default is the embedded SQLite server.
+PROFILE ?= embedded
 
-demo: setup web
-	@$(PY) -m scripts.stack --demo $(if $(TIERS),--tiers $(TIERS))
+up: setup web $(if $(filter production,$(PROFILE)),setup-production)
+	@$(PY) -m scripts.stack --profile $(PROFILE) $(if $(TIERS),--tiers $(TIERS))
+
+demo: setup web $(if $(filter production,$(PROFILE)),setup-production)
+	@$(PY) -m scripts.stack --demo --profile $(PROFILE) $(if $(TIERS),--tiers $(TIERS))
+
+# Debian's redis-server and postgresql-15 when missing (apt-get).
+setup-production:
+	@bash scripts/setup_production.sh
 
 # The container tests' engine (podman serving the Docker API) and images are set up first;
 # where that cannot be done the scripts say why and those tests skip with the reason.

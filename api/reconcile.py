@@ -38,6 +38,7 @@ from studio.takes import TakeError, cancel_take, fail_take, retry_take
 from tasks import events
 from tasks.cancel import cancel_requested, clear_cancel
 from tasks.events import take_resource
+from tasks.prefect_retry import aretry_transient
 from tasks.recovery import clear_leftovers, is_abandoned
 from tasks.submit import submit_take
 
@@ -67,9 +68,13 @@ async def _requeue(task_run_id: str, state: State) -> bool:
     again = Scheduled()
     again.state_details.deferred = True
     again.state_details.task_parameters_id = state.state_details.task_parameters_id
-    async with get_client() as client:
-        result = await client.set_task_run_state(uuid.UUID(task_run_id), again, force=False)
-    return result.status.value == "ACCEPT"
+
+    async def propose() -> bool:
+        async with get_client() as client:
+            result = await client.set_task_run_state(uuid.UUID(task_run_id), again, force=False)
+        return result.status.value == "ACCEPT"
+
+    return await aretry_transient(propose, f"handing task run {task_run_id} out again")
 
 
 async def _set_state(task_run_id: str, state: State) -> None:

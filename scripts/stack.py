@@ -11,6 +11,9 @@ a backoff and logged, the others keep running. It prints "ready" only once the A
 says every started tier has a worker online; a tier without weights is named with the command
 that fixes it. Ctrl-C stops all of it.
 
+`--profile production` (`make up PROFILE=production`) runs Prefect on PostgreSQL and Redis, its API
+(two replicas) and services apart: scripts/production.py, docs/operations.md.
+
 `--demo` renders with a tiny random-weight FLUX model at every tier (built once into
 $STUDIO_WORKSPACE/.studio/demo-models): everything works on a laptop CPU, the images are noise.
 """
@@ -25,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -52,6 +56,8 @@ class Plan:
     worker_tiers: list[str]
     missing_tiers: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    profile: str = "embedded"
+    _prefect: Any = None
 
     @property
     def state_dir(self) -> Path:
@@ -61,9 +67,19 @@ class Plan:
     def logs(self) -> Path:
         return self.state_dir / "logs"
 
-    def prefect_server(self) -> LocalPrefectServer:
-        return LocalPrefectServer(self.state_dir / "prefect", self.prefect_port, ui=True,
-                                  log=self.logs / "prefect-server.log")
+    def prefect_server(self) -> Any:
+        """The embedded server, or the production profile's processes (one per plan)."""
+        if self._prefect is None:
+            if self.profile == "production":
+                from scripts.production import ProductionPrefect
+
+                self._prefect = ProductionPrefect(self.state_dir / "production",
+                                                  ui_port=self.prefect_port,
+                                                  task_port=self.prefect_port + 1)
+            else:
+                self._prefect = LocalPrefectServer(self.state_dir / "prefect", self.prefect_port,
+                                                   ui=True, log=self.logs / "prefect-server.log")
+        return self._prefect
 
 
 def has_weights(models_root: Path, tier: str) -> bool:
@@ -86,7 +102,8 @@ def make_plan(args: argparse.Namespace, environ: dict[str, str] | None = None) -
     workers = [t for t in (args.tiers or TIERS) if t in ready]
     plan = Plan(workspace=workspace, models_root=models_root, demo=args.demo, host=args.host,
                 api_port=args.port, prefect_port=args.prefect_port, worker_tiers=workers,
-                missing_tiers=[t for t in TIERS if t not in ready])
+                missing_tiers=[t for t in TIERS if t not in ready],
+                profile=getattr(args, "profile", "embedded"))
     home = plan.state_dir / "prefect"
     plan.env = {
         **environ,
@@ -218,7 +235,7 @@ def banner(plan: Plan, health: dict[str, object], ready: bool, deployed: bool | 
         status = f"NOT ready yet: waiting for {', '.join(map(str, waiting))}"
     lines = [
         "",
-        f"Generative Studio, local stack ({mode})",
+        f"Generative Studio, local stack ({mode}; profile {plan.profile})",
         f"  Prefect UI    http://127.0.0.1:{plan.prefect_port}",
         f"  API           {api}  ({canvas}; OpenAPI at /docs; /healthz, /readyz)",
         f"  task workers  {'; '.join(tiers)}",
@@ -230,6 +247,26 @@ def banner(plan: Plan, health: dict[str, object], ready: bool, deployed: bool | 
         "",
     ]
     return "\n".join(lines)
+
+
+def revive_prefect(server: Any) -> None:
+    """Restarts what of the stack's own Prefect stopped: the embedded server, or in the
+    production profile the services alone (nothing is lost: the state is in PostgreSQL) or
+    the whole set."""
+    from scripts.production import ProductionPrefect
+
+    if isinstance(server, ProductionPrefect):
+        dead = [name for name, child in server.children.items() if not child.alive()]
+        if dead == ["prefect-services"]:
+            say("Prefect's services stopped; restarting them (see logs)")
+            server.children.pop("prefect-services")
+            server.start_services()
+        elif dead:
+            say(f"Prefect's {', '.join(dead)} stopped; restarting the production Prefect")
+            server.restart()
+    elif server.proc is not None and server.proc.poll() is not None:
+        say("the Prefect server stopped; restarting it (see prefect-server.log)")
+        server.start(timeout=300)
 
 
 class _SupervisedStarter:
@@ -279,7 +316,8 @@ def up(plan: Plan, pool: bool = True, ready_timeout: float = 300) -> int:
             say(f"using the Prefect server already at {server.ui_url}")
         else:
             say(f"starting the Prefect server at {server.ui_url} (~30 s) ...")
-            server.start(timeout=180)
+            server.start(timeout=300)
+            plan.env.update(server.env())  # the production profile's task API URL
             own_server = True
         for tier in plan.worker_tiers:
             sup.start(f"worker-{tier}", worker_command(tier))
@@ -312,9 +350,8 @@ def up(plan: Plan, pool: bool = True, ready_timeout: float = 300) -> int:
         while True:
             time.sleep(0.5)
             sup.check()
-            if own_server and server.proc is not None and server.proc.poll() is not None:
-                say("the Prefect server stopped; restarting it (see prefect-server.log)")
-                server.start(timeout=180)
+            if own_server:
+                revive_prefect(server)
     except KeyboardInterrupt:
         say("\nstopping ...")
         return 0
@@ -331,7 +368,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the tiny random-weight model at every tier")
     parser.add_argument("--host", default="127.0.0.1", help="where the API listens")
     parser.add_argument("--port", type=int, default=8000, help="the API's port")
-    parser.add_argument("--prefect-port", type=int, default=4200)
+    parser.add_argument("--prefect-port", type=int, default=4200,
+                        help="the Prefect UI (production: the task API replica is this + 1)")
+    parser.add_argument("--profile", choices=("embedded", "production"),
+                        default=os.environ.get("STUDIO_PROFILE") or "embedded",
+                        help="embedded: Prefect on SQLite in one process (default); production: "
+                        "PostgreSQL, Redis, two API replicas and the services apart")
     parser.add_argument("--tiers", nargs="+", choices=TIERS,
                         help="start task workers only for these tiers (default: all with weights)")
     parser.add_argument("--no-pool", action="store_true",

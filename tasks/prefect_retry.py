@@ -1,0 +1,72 @@
+"""Our own backoff around Prefect calls, on top of the client's: a take never fails for a
+transient database lock.
+
+Prefect's HTTP transport retries 408/429/502/503 `PREFECT_CLIENT_MAX_RETRIES` times (default 5,
+about a minute). Under a burst on SQLite that is not enough: bench/scale.py measured 2 of 100
+clicks fired at once failing with "503 Service Unavailable" on `POST /task_runs/` after the
+client's retries. These helpers keep retrying transient answers, with capped exponential
+backoff and jitter, for `STUDIO_PREFECT_RETRY_SECONDS` (default 300 s) before giving up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import httpx
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT_STATUS = {408, 429, 502, 503, 504}
+
+
+def retry_seconds() -> float:
+    return float(os.environ.get("STUDIO_PREFECT_RETRY_SECONDS") or 300)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A 503-like answer or a dropped connection (PrefectHTTPStatusError is an httpx one)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in TRANSIENT_STATUS
+    return isinstance(exc, httpx.TransportError)
+
+
+def _pause(attempt: int) -> float:
+    return min(15.0, 2.0 ** attempt) * random.uniform(0.5, 1.0)
+
+
+def retry_transient(call: Callable[[], T], what: str, seconds: float | None = None) -> T:
+    deadline = time.monotonic() + (retry_seconds() if seconds is None else seconds)
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            pause = _pause(attempt)
+            if not is_transient(exc) or time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: %s; retrying in %.1f s", what, exc, pause)
+            time.sleep(pause)
+            attempt += 1
+
+
+async def aretry_transient(call: Callable[[], Awaitable[T]], what: str,
+                           seconds: float | None = None) -> T:
+    deadline = time.monotonic() + (retry_seconds() if seconds is None else seconds)
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            pause = _pause(attempt)
+            if not is_transient(exc) or time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: %s; retrying in %.1f s", what, exc, pause)
+            await asyncio.sleep(pause)
+            attempt += 1
