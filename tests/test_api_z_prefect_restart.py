@@ -64,7 +64,7 @@ def test_a_take_queued_when_prefect_restarts_is_handed_out_again_and_renders_onc
         project.get_node(node_id).get_take(job.take_id).task_run_id = task_run_id
     socket = api.socket(project_id)
     assert socket.next()["payload"] == {"node_id": node_id, "state": "queued", "take_id": None,
-                                        "task_id": None}
+                                        "task_id": None, "queue": None, "attempt": None}
 
     prefect_server.restart()  # the server's queue of background tasks is gone
 
