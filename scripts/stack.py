@@ -259,7 +259,7 @@ def up(plan: Plan, pool: bool = True, ready_timeout: float = 300) -> int:
             say(f"using the Prefect server already at {server.ui_url}")
         else:
             say(f"starting the Prefect server at {server.ui_url} (~30 s) ...")
-            server.start(timeout=180)
+            server.start(timeout=600)  # minutes on a loaded machine; it is worth the wait
             own_server = True
         for tier in plan.worker_tiers:
             sup.start(f"worker-{tier}", worker_command(tier))
@@ -291,7 +291,7 @@ def up(plan: Plan, pool: bool = True, ready_timeout: float = 300) -> int:
             sup.check()
             if own_server and server.proc is not None and server.proc.poll() is not None:
                 say("the Prefect server stopped; restarting it (see prefect-server.log)")
-                server.start(timeout=180)
+                server.start(timeout=600)
     except KeyboardInterrupt:
         say("\nstopping ...")
         return 0
