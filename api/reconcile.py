@@ -225,6 +225,8 @@ class Reconciler:
 
     async def _announce_queued(self, project_id: str, node_id: str, take: Take,
                                task_run_id: str, attempt: int | None = None) -> None:
+        if not await asyncio.to_thread(self._still_queued, project_id, node_id, take.id):
+            return  # a worker started it meanwhile: no "queued" after its "generating"
         await self.tiers.enqueue(take.quality_used, project_id, node_id, take.id)
         self.relay.track(project_id, node_id, take.id)
         await self.relay.publish_state(project_id, node_id, take.id, task_run_id,
@@ -246,6 +248,11 @@ class Reconciler:
         await self.relay.announce_cancelled(project_id, node_id, take.id, take.task_run_id)
         self._emit(events.CANCELLED, project_id, node_id, take, take.task_run_id)
         return f"{where}: cancelled ({reason})"
+
+    def _still_queued(self, project_id: str, node_id: str, take_id: str) -> bool:
+        node = self.store.load(project_id).get_node(node_id)
+        take = node.get_take(take_id) if node else None
+        return take is not None and take.status == TakeStatus.queued
 
     def _claim(self, project_id: str, node_id: str, take: Take) -> bool:
         with self.store.edit(project_id) as project:

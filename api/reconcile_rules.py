@@ -82,6 +82,9 @@ def decide(f: Facts, lost_after: float = LOST_AFTER_SECONDS,
         if f.waited < submit_after:
             return WAIT
         return Decision(Action.submit, "reserved but never handed to Prefect")
+    # Each hand-out again waits longer: on a loaded machine a worker may take seconds to pick up
+    # a run, and a copy handed out while the first is still queued is only a wasted delivery.
+    lost_after = lost_after * (1 + f.hand_outs)
     if f.run_state == Unknown.not_asked:
         # Only a run that could have been lost is worth a question to Prefect.
         idle = min(f.tier_online_for, f.tier_idle_for, f.waited) >= lost_after

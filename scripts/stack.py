@@ -266,7 +266,7 @@ def revive_prefect(server: Any) -> None:
             server.restart()
     elif server.proc is not None and server.proc.poll() is not None:
         say("the Prefect server stopped; restarting it (see prefect-server.log)")
-        server.start(timeout=300)
+        server.start(timeout=600)
 
 
 class _SupervisedStarter:
@@ -316,7 +316,7 @@ def up(plan: Plan, pool: bool = True, ready_timeout: float = 300) -> int:
             say(f"using the Prefect server already at {server.ui_url}")
         else:
             say(f"starting the Prefect server at {server.ui_url} (~30 s) ...")
-            server.start(timeout=300)
+            server.start(timeout=600)  # minutes on a loaded machine; it is worth the wait
             plan.env.update(server.env())  # the production profile's task API URL
             own_server = True
         for tier in plan.worker_tiers:

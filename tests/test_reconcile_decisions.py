@@ -55,6 +55,12 @@ def test_a_run_prefect_no_longer_knows_is_submitted_anew() -> None:
     assert decide(replace(LOST, run_state=None)).action == Action.submit
 
 
+def test_each_hand_out_again_waits_longer_before_the_run_counts_as_lost() -> None:
+    once = replace(LOST, hand_outs=1, waited=6, tier_idle_for=6)
+    assert decide(once).action == Action.wait  # 2 x 4 s after the first hand-out again
+    assert decide(replace(once, waited=9, tier_idle_for=9)).action == Action.requeue
+
+
 def test_a_take_lost_too_often_fails_with_the_reason() -> None:
     decision = decide(replace(LOST, hand_outs=2))
     assert decision.action == Action.fail and "lost" in decision.reason

@@ -30,6 +30,7 @@ def run_count(task_run_id: str) -> int:
     return asyncio.run(read())
 
 
+@pytest.mark.timeout(1500)  # two stack starts and a Prefect restart, on a loaded machine
 def test_a_stack_stopped_with_takes_queued_renders_each_exactly_once_after_a_restart(
         prefect_server: LocalPrefectServer, tiny_model_dir: Path,
         tmp_path_factory: pytest.TempPathFactory) -> None:
