@@ -111,6 +111,7 @@ def local_worker(pools: list[str], tiny_model_dir: Path, tmp_path: Path) -> Iter
     worker.kill()
 
 
+@pytest.mark.timeout(900)  # twelve takes in a fresh flow-run process; run_deployment waits 420 s
 def test_a_batch_of_three_nodes_by_four_takes_renders_twelve_takes_with_one_model_load(
     local_worker: dict,
 ) -> None:

@@ -33,6 +33,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.local_prefect import free_port
+from scripts.stack import make_plan, parse_args
 from studio.manifest import Asset, Edge, TakeStatus, new_id, new_node
 from studio.store import ProjectStore
 from studio.workspace import Workspace
@@ -85,16 +86,24 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         "HF_HUB_OFFLINE": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
-    proc = Proc([sys.executable, "-m", "scripts.stack", "--demo", "--tiers", "standard",
-                 "--port", str(api_port), "--prefect-port", str(prefect_port)],
-                env, root / "stack.log")
+    args = ["--demo", "--tiers", "standard", "--port", str(api_port),
+            "--prefect-port", str(prefect_port)]
+    # The stack's own Prefect server, started first with more patience than the stack's 180 s
+    # (a cold server on two shared cores can take longer); the stack then reuses it, as it does
+    # any server already answering on its port.
+    server = make_plan(parse_args(args), env).prefect_server()
+    server.log.parent.mkdir(parents=True, exist_ok=True)
+    proc: Proc | None = None
 
     def up() -> bool:
+        assert proc is not None
         if proc.popen.poll() is not None:
             raise AssertionError(f"the stack exited: {proc.output()[-4000:]}")
         return "Ctrl-C stops all of it." in proc.output()
 
     try:
+        server.start(timeout=900)
+        proc = Proc([sys.executable, "-m", "scripts.stack", *args], env, root / "stack.log")
         wait_until(up, 600, "the stack's banner", every=1)
         prefect_api = f"http://127.0.0.1:{prefect_port}/api"
         with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
@@ -102,12 +111,13 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
                              f"http://127.0.0.1:{prefect_port}", workspace, env, proc)
     finally:
         # The stack stops its children itself on SIGTERM (each is in its own process group).
-        if proc.popen.poll() is None:
+        if proc is not None and proc.popen.poll() is None:
             proc.popen.send_signal(signal.SIGTERM)
             try:
                 proc.popen.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 proc.kill(signal.SIGKILL)
+        server.stop()
         logs = workspace / ".studio" / "logs"
         if logs.is_dir():  # kept for a failing run's post-mortem
             shutil.copytree(logs, ARTIFACTS / "td-stack-logs", dirs_exist_ok=True)
