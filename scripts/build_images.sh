@@ -49,8 +49,19 @@ version() {  # gms-flux:1.0-standard -> 1.0-standard
   "$PY" -c "from studio.tiers import TIERS, Quality; print(TIERS[Quality('$1')].image.split(':')[1])"
 }
 
+# What the images are built from: an image labelled with the same hash is current (a cached
+# rebuild still hashes the 300 MB context: minutes on a busy machine).
+source_hash=$( { cat runners/flux/Dockerfile "$WH/studio-lock.txt" "$WH/.stamp" pyproject.toml \
+  prefect.yaml; find studio runners tasks flows api deployments -name '*.py' -print0 \
+  | sort -z | xargs -0 cat; } | sha256sum | cut -c1-16)
+
 build() {  # target tier tag
-  podman build --quiet --network=host --layers \
+  if [ "$(podman image inspect --format '{{ index .Config.Labels "studio.source" }}' "$3" \
+        2>/dev/null)" = "$source_hash" ]; then
+    echo "build images: $3 is current"
+    return
+  fi
+  podman build --quiet --network=host --layers --label "studio.source=$source_hash" \
     -f runners/flux/Dockerfile --ignorefile runners/flux/Dockerfile.dockerignore \
     --build-arg BASE_IMAGE="$STUDIO_BASE_IMAGE" \
     --build-arg PIP_INSTALL_ARGS="--no-index --find-links /wheelhouse" \

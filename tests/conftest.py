@@ -28,7 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[LocalPrefectServer]:
     """The session's Prefect server, started on first use (~20 s)."""
-    _SERVER.start()
+    # A generous limit: on two cores shared by several test runs a cold start took over 120 s.
+    _SERVER.start(timeout=600)
     yield _SERVER
     _SERVER.stop()
 

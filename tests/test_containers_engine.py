@@ -24,14 +24,16 @@ from runners.env import runner_env
 from runners.registry import docker_strategy
 from runners.strategies import RunnerFailed
 from scripts.local_prefect import LocalPrefectServer
-from studio.jobs import prepare_take
+from studio.jobs import LoraRef, prepare_take
 from studio.manifest import TakeStatus
 from studio.store import ProjectStore
 from studio.tiers import TIERS, Quality
 from studio.workspace import Workspace
 from tests.stack_helpers import REPO, Proc, add_text_to_image, wait_until
 
-pytestmark = pytest.mark.stack
+# The first run on a machine sets up the engine and builds the images (minutes) inside the
+# first test's fixture.
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(3600)]
 
 VOLUME = "generative_studio_workspace"
 STANDARD = TIERS[Quality.standard]
@@ -98,7 +100,8 @@ def _take(root: Path, steps: int = 2, loras: list | None = None):
     job = prepare_take(store, project.id, node, quality_requested=Quality.standard,
                        quality_used=Quality.standard)
     if loras is not None:
-        job = job.model_copy(update={"params": job.params.model_copy(update={"loras": loras})})
+        params = job.params.model_copy(update={"loras": [LoraRef(**lora) for lora in loras]})
+        job = job.model_copy(update={"params": params})
     give_to_uid_1000(root)
     return store, job
 
@@ -135,7 +138,7 @@ def test_a_take_renders_in_a_runner_container_with_progress_relayed(workspace: P
 
 
 def test_a_missing_lora_fails_the_container_with_the_runners_message(workspace: Path) -> None:
-    lora = {"path": "Library/AI_Models/loras/gone.safetensors", "weight": 0.8}
+    lora = {"path": "Library/AI_Models/loras/gone.safetensors", "weight": 0.8, "kind": "style"}
     store, job = _take(workspace, loras=[lora])
     env = runner_env(job, workspace_root=workspace,
                      project_dir=store.project_dir(job.project_id), in_container=True)
