@@ -85,6 +85,9 @@ def workspace(engine: dict[str, str], tiny_model_dir: Path, tmp_path: Path,
     volume = client.volumes.create(VOLUME, driver="local", driver_opts={
         "type": "none", "o": "bind", "device": str(root)})
     yield root
+    # A flow-run container may still be on its way out (auto_remove): it holds the volume.
+    for container in client.containers.list(all=True, filters={"volume": VOLUME}):
+        container.remove(force=True)
     volume.remove(force=True)
 
 
