@@ -166,7 +166,7 @@ class Studio:
 
         with self.prefect_client_settings():
             run = run_deployment("batch_takes/local", timeout=0, parameters={
-                "project_id": project_id, "takes_per_node": takes_per_node,
+                "project": project_id, "takes_per_node": takes_per_node,
                 "quality": quality, **parameters})
         return str(run.id)
 

@@ -235,7 +235,7 @@ def test_a_docker_worker_runs_a_batch_in_the_flow_run_image_through_the_volume(
     try:
         run = run_deployment(
             f"batch_takes/{STANDARD.work_pool}", timeout=900, poll_interval=2,
-            parameters={"project_id": project.id, "takes_per_node": 2, "seeds": [1, 2]},
+            parameters={"project": project.id, "takes_per_node": 2, "seeds": [1, 2]},
             # Only what this machine needs: podman's host network, no GPU to request.
             job_variables={"network_mode": "host", "device_requests": []},
         )
