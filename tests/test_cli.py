@@ -115,6 +115,8 @@ def test_schema_prints_the_models_json_schema() -> None:
         "id",
         "name",
         "quality",
+        "fallback",
+        "fallback_grace_seconds",
         "nodes",
         "edges",
         "assets",

@@ -126,11 +126,33 @@ def test_the_worker_takes_its_gpu_from_the_map_when_none_is_given(
 
 
 def test_a_local_batch_renders_on_its_tiers_gpu_from_the_map() -> None:
-    from runners.gpus import apply_gpu_map
+    # In a fresh interpreter, as a flow run starts: pinning refuses once torch is imported, and
+    # other tests of this session import it.
+    code = """
+from runners.gpus import apply_gpu_map
+from studio.gpus import Gpu
+from studio.tiers import Quality
+cards = [Gpu(0, "NVIDIA RTX 4090", 24.0), Gpu(1, "NVIDIA RTX 4080", 16.0)]
+env = {"STUDIO_GPUS": "0=high,1=standard"}
+print(apply_gpu_map(Quality.standard, env, cards).index, env["CUDA_VISIBLE_DEVICES"],
+      env["CUDA_DEVICE_ORDER"])
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1", "PCI_BUS_ID"]
 
-    env = {"STUDIO_GPUS": "0=high,1=standard"}
-    assert apply_gpu_map(Quality.standard, env, TWO_CARDS) == TWO_CARDS[1]
-    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+def test_pinning_a_gpu_after_torch_loaded_is_refused() -> None:
+    code = """
+import torch
+from runners.gpus import pin_gpu
+pin_gpu(0)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode != 0
+    assert "pin_gpu must run before torch is imported" in result.stderr
 
 
 @pytest.mark.parametrize("env", [
