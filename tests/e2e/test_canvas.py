@@ -60,7 +60,12 @@ def add_node(page: Page, node_type: str) -> Locator:
     nodes = page.locator(f'[data-testid="node"][data-node-type="{node_type}"]')
     before = nodes.count()
     page.get_by_test_id(f"add-node-{node_type}").click()
-    expect(nodes).to_have_count(before + 1)
+    try:
+        # Generous: on a loaded 2-core machine the API's answer has taken over 15 s.
+        expect(nodes).to_have_count(before + 1, timeout=60_000)
+    except AssertionError as exc:  # say what the canvas told the artist
+        toasts = page.get_by_test_id("toast").all_inner_texts()
+        raise AssertionError(f"no {node_type} node added; toasts: {toasts}") from exc
     expect(page.get_by_test_id("inspector-title")).to_be_visible()
     new_id = node_id(nodes.nth(before))
     return page.locator(f'[data-testid="node"][data-node-id="{new_id}"]')
