@@ -334,7 +334,8 @@ i = 0
 print("saving", flush=True)
 while True:
     i += 1
-    project.nodes[0].params["value"] = "x" * (i * 997 % 200_000)  # sizes vary a lot
+    # sizes vary (a String value holds at most 4,000 characters)
+    project.nodes[0].params["value"] = "x" * (i * 997 % 4_000)
     save_project(path, project)
 """
 
