@@ -16,7 +16,11 @@ from studio.workspace import RENDERS, safe_path
 
 
 class TakeError(ValueError):
-    pass
+    """A transition the take's status does not allow; `status` is what the take is."""
+
+    def __init__(self, message: str, status: TakeStatus | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def take_filename(shot: Shot, number: int) -> str:
@@ -99,7 +103,8 @@ def start_take(
     with store.edit(project_id) as project:
         _, take = _take(project, node_id, take_id)
         if take.status in (TakeStatus.completed, TakeStatus.cancelled):
-            raise TakeError(f"take {take.number} of node {node_id} is already {take.status}")
+            raise TakeError(f"take {take.number} of node {node_id} is already {take.status}",
+                            take.status)
         take.status = TakeStatus.generating
         take.started_at = now()
         take.attempts += 1

@@ -157,8 +157,7 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State
                               task_run_id=task_run_id, flow_run_id=flow_run_id)
         except TakeError as exc:  # delivered again after it completed or was cancelled
             log.warning("skipping %s: %s", take_label(job), exc)
-            if store.load(job.project_id).get_node(job.node_id).get_take(  # type: ignore[union-attr]
-                    job.take_id).status == TakeStatus.cancelled:  # type: ignore[union-attr]
+            if exc.status == TakeStatus.cancelled:  # no second read of project.json
                 return Cancelled(message=f"{take_label(job)} was cancelled before it started")
             return {**result_of, "skipped": str(exc)}
         try:
