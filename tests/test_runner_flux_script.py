@@ -9,15 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from runners.flux.contract import ENV_NAMES as CONTRACT
 from runners.flux.metadata import read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "runners" / "flux" / "run_flux_generation.py"
-CONTRACT = (
-    "PROMPT", "NEGATIVE_PROMPT", "SEED", "CFG_SCALE", "STEPS", "WIDTH", "HEIGHT", "OUTPUT_PATH",
-    "QUALITY", "MODEL_DIR", "STUDIO_WORKSPACE", "PREVIEW_PATH", "PREVIEW_EVERY", "LORAS",
-    "PIPELINE_ID",
-)
 TAKE = "Projects/Script/03_Renders/SCENE_01/SHOT_010"
 
 
