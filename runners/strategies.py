@@ -1,11 +1,14 @@
-"""Function Runner strategies: three ways to run one take through the runner's env contract.
+"""Function Runner strategies: three ways to run one take's request through the FLUX runner.
 
-- `InProcess`: calls the runner function in this process; its pipeline cache keeps FLUX loaded
-  across takes (the warm task worker).
-- `Subprocess`: runs `run_flux_generation.py` as a child process and parses its PROGRESS lines
-  (the spec's worker logic, isolated from the worker's memory).
+- `InProcess`: hands the request to the runner function in this process; its pipeline cache
+  keeps FLUX loaded across takes (the warm task worker).
+- `Subprocess`: runs `run_flux_generation.py` as a child process with the request as env vars
+  and parses its stdout lines (the spec's worker logic, isolated from the worker's memory).
 - `Docker`: the spec's `docker run --gpus all -v <volume>:/workspace:rw -e ... <image>`, through
-  the Docker SDK; stdout is parsed, stderr becomes the failure message.
+  the Docker SDK, with the request's paths mapped into the volume; stdout is parsed, stderr
+  becomes the failure message.
+
+The lines, the exit codes and the env names are the runner contract's (runners/flux/contract.py).
 """
 
 from __future__ import annotations
@@ -20,16 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from runners.progress import ProgressCallback, parse_progress_line
+from runners.flux.contract import (
+    ENV_NAMES,
+    ExitCode,
+    FluxRequest,
+    ProgressCallback,
+    failure_message,
+    parse_progress,
+    parse_seed,
+)
+from runners.mount import WorkspaceMount
 
 RUNNER_SCRIPT = Path(__file__).resolve().parent / "flux" / "run_flux_generation.py"
 
-# The runner's exit codes (runners/flux): 2 bad input, 3 model missing, 4 out of GPU memory.
-EXIT_REASONS = {1: "runner error", 2: "bad input", 3: "model missing", 4: "out of GPU memory"}
-
 
 class RunnerFailed(RuntimeError):
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    """A take the runner could not render; `exit_code` is the runner's (an `ExitCode` when the
+    runner said so, or whatever a killed process returned)."""
+
+    def __init__(self, message: str, exit_code: int = ExitCode.FAILED) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
@@ -45,27 +57,24 @@ class RunResult:
 
 class Strategy(Protocol):
     name: str
-    in_container: bool  # True: the env must carry container paths (/workspace/...)
 
-    def run(self, env: dict[str, str], on_progress: ProgressCallback) -> RunResult: ...
+    def run(self, request: FluxRequest, on_progress: ProgressCallback) -> RunResult: ...
 
 
 class InProcess:
     name = "in-process"
-    in_container = False
 
-    def run(self, env: dict[str, str], on_progress: ProgressCallback) -> RunResult:
+    def run(self, request: FluxRequest, on_progress: ProgressCallback) -> RunResult:
         # Imported here: torch and diffusers load only in processes that render.
-        from runners.flux.errors import FluxError
-        from runners.flux.generation import generate, request_from_env
+        from runners.flux.contract import FluxError
+        from runners.flux.generation import generate
 
         try:
-            request = request_from_env(env)
             result = generate(request, on_progress)
         except FluxError as exc:
             raise RunnerFailed(str(exc), exc.exit_code) from exc
         except Exception as exc:  # the runner's own bugs still fail the take readably
-            raise RunnerFailed(f"{type(exc).__name__}: {exc}", 1) from exc
+            raise RunnerFailed(f"{type(exc).__name__}: {exc}", ExitCode.FAILED) from exc
         return RunResult(
             output_path=str(result.output_path),
             seed=result.seed,
@@ -74,40 +83,52 @@ class InProcess:
         )
 
 
+class _StdoutReader:
+    """Reads a runner's stdout lines: progress is forwarded, the seed kept."""
+
+    def __init__(self, on_progress: ProgressCallback, mount: WorkspaceMount | None = None) -> None:
+        self.on_progress = on_progress
+        self.mount = mount  # a container's previews are reported as /workspace paths
+        self.seed: int | None = None
+
+    def __call__(self, line: str) -> None:
+        progress = parse_progress(line)
+        if progress is not None:
+            preview = progress.preview_path
+            if preview and self.mount is not None:
+                preview = str(self.mount.to_host(preview))
+            self.on_progress(progress.percent, progress.step, preview)
+            return
+        seed = parse_seed(line)
+        if seed is not None:
+            self.seed = seed
+
+
 def _pump_lines(stream: Any, on_line: Any) -> None:
     for raw in iter(stream.readline, ""):
         on_line(raw.rstrip("\n"))
     stream.close()
 
 
-def _failure_message(exit_code: int, stderr_tail: list[str]) -> str:
-    text = "\n".join(line for line in stderr_tail if line.strip())
-    reason = EXIT_REASONS.get(exit_code, f"exit code {exit_code}")
-    return text or f"runner failed ({reason}) without a message"
+def child_env(request: FluxRequest, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's env without any contract variable of its own, plus the request's."""
+    base = os.environ if environ is None else environ
+    return {**{k: v for k, v in base.items() if k not in ENV_NAMES}, **request.to_env()}
 
 
 class Subprocess:
     name = "subprocess"
-    in_container = False
 
     def __init__(self, python: str = sys.executable, script: Path = RUNNER_SCRIPT) -> None:
         self.python = python
         self.script = script
 
-    def run(self, env: dict[str, str], on_progress: ProgressCallback) -> RunResult:
-        seed: list[int] = []
+    def run(self, request: FluxRequest, on_progress: ProgressCallback) -> RunResult:
+        reader = _StdoutReader(on_progress)
         stderr_tail: deque[str] = deque(maxlen=20)
-
-        def on_stdout(line: str) -> None:
-            progress = parse_progress_line(line)
-            if progress is not None:
-                on_progress(progress.percent, progress.step, progress.preview_path)
-            elif line.startswith("SEED:"):
-                seed.append(int(line.split(":", 1)[1]))
-
         proc = subprocess.Popen(
             [self.python, str(self.script)],
-            env={**os.environ, **env},
+            env=child_env(request),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -117,29 +138,23 @@ class Subprocess:
         err = threading.Thread(target=_pump_lines, args=(proc.stderr, stderr_tail.append))
         err.start()
         try:
-            _pump_lines(proc.stdout, on_stdout)
+            _pump_lines(proc.stdout, reader)
             code = proc.wait()
         finally:
             if proc.poll() is None:  # our own thread was interrupted: don't leave the child behind
                 proc.kill()
                 proc.wait()
             err.join()
-        if code != 0:
-            raise RunnerFailed(_failure_message(code, list(stderr_tail)), code)
-        return RunResult(output_path=env["OUTPUT_PATH"], seed=seed[-1] if seed else None)
+        if code != ExitCode.OK:
+            raise RunnerFailed(failure_message(list(stderr_tail), code), code)
+        return RunResult(output_path=str(request.output_path), seed=reader.seed)
 
 
-def _container_name(env: dict[str, str]) -> str:
+def container_name(request: FluxRequest) -> str:
     """`gms-flux-<take file>-<random>`: unique per take, across projects and retries."""
-    stem = Path(env["OUTPUT_PATH"]).stem.lower()
+    stem = request.output_path.stem.lower()
     safe = "".join(c if c.isalnum() else "-" for c in stem).strip("-")[:60]
     return f"gms-flux-{safe}-{uuid.uuid4().hex[:8]}"
-
-
-def _last_message(stderr: str) -> str:
-    """The runner's last stderr line (`ERROR: <message>`), as the in-process runner words it."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return lines[-1].removeprefix("ERROR:").strip() if lines else ""
 
 
 def remove_partial_files(output: Path) -> None:
@@ -154,26 +169,29 @@ class Docker:
     <image>`, through the Docker SDK (any Docker-API engine: Docker, podman's service).
 
     `workspace_volume` is what /workspace mounts (a named volume or a host path) and
-    `host_workspace` where that volume lies on this host: the env arrives with container paths
-    (/workspace/...), progress previews are reported back as host paths.
+    `host_workspace` where that volume lies on this host (default: the request's workspace):
+    the request's paths are mapped into the volume, reported previews back out of it.
     """
 
     image: str
     workspace_volume: str = "generative_studio_workspace"
     host_workspace: Path | None = None
     name: str = "docker"
-    in_container = True
     gpu_ids: list[str] | None = None  # None: every GPU; []: none (CPU)
     user: str = "1000:1000"
     network_mode: str | None = "none"  # the runner reads local files only
 
-    def container_spec(self, env: dict[str, str], container_name: str) -> dict[str, Any]:
+    def mount(self, request: FluxRequest) -> WorkspaceMount:
+        return WorkspaceMount(self.host_workspace or request.workspace)
+
+    def container_spec(self, request: FluxRequest, name: str) -> dict[str, Any]:
         """The keyword arguments of `containers.run`: what `docker run` would be given."""
         from docker.types import DeviceRequest
 
+        env = self.mount(request).request(request).to_env()
         spec: dict[str, Any] = {
             "image": self.image,
-            "name": container_name,
+            "name": name,
             "environment": {**env, "HOME": "/tmp"},
             "volumes": {self.workspace_volume: {"bind": "/workspace", "mode": "rw"}},
             "detach": True,
@@ -193,36 +211,23 @@ class Docker:
                                                      capabilities=[["gpu"]])]
         return spec
 
-    def run(self, env: dict[str, str], on_progress: ProgressCallback) -> RunResult:
+    def run(self, request: FluxRequest, on_progress: ProgressCallback) -> RunResult:
         import docker
-        from runners.env import host_path
 
-        host_root = self.host_workspace or Path(os.environ.get("STUDIO_WORKSPACE", "/workspace"))
-        seed: list[int] = []
+        reader = _StdoutReader(on_progress, self.mount(request))
         client = docker.from_env()
-        container = client.containers.run(**self.container_spec(env, _container_name(env)))
+        container = client.containers.run(**self.container_spec(request, container_name(request)))
         try:
             for raw in container.logs(stream=True, follow=True, stdout=True, stderr=False):
                 for line in raw.decode(errors="replace").splitlines():
-                    progress = parse_progress_line(line)
-                    if progress is not None:
-                        preview = progress.preview_path
-                        on_progress(progress.percent, progress.step,
-                                    str(host_path(preview, host_root)) if preview else None)
-                    elif line.startswith("SEED:"):
-                        seed.append(int(line.split(":", 1)[1]))
+                    reader(line)
             code = int(container.wait()["StatusCode"])
-            if code != 0:
+            if code != ExitCode.OK:
                 stderr = container.logs(stdout=False, stderr=True).decode(errors="replace")
-                message = _last_message(stderr)
-                if code == 137:  # SIGKILL: the runner could not say anything
-                    message = ("the runner container was killed (exit code 137: out of memory, "
-                               "or stopped by force)")
-                raise RunnerFailed(message or _failure_message(code, []), code)
+                raise RunnerFailed(failure_message(stderr.splitlines(), code), code)
         except BaseException:
-            remove_partial_files(host_path(env["OUTPUT_PATH"], host_root))
+            remove_partial_files(request.output_path)
             raise
         finally:
             container.remove(force=True)
-        return RunResult(output_path=str(host_path(env["OUTPUT_PATH"], host_root)),
-                         seed=seed[-1] if seed else None)
+        return RunResult(output_path=str(request.output_path), seed=reader.seed)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from runners.flux.contract import MAX_PROMPT_CHARS, MAX_SEED  # the runner contract's: one value
 from studio.sockets import SocketType
 
 
@@ -40,13 +41,10 @@ class SocketSpec(BaseModel):
 
 
 # --- FLUX limits (diffusers only warns and rounds down bad sizes, so we refuse them) ---
-MAX_SEED = 2**32 - 1
 SIDE_MIN = 256
 SIDE_MAX = 2048
 SIDE_MULTIPLE = 16
 MAX_PIXELS = 4_000_000
-# The runner refuses longer prompts (runners/flux/generation.py): refused here, at the edge.
-MAX_PROMPT_CHARS = 4000
 
 # Multiples of 16 near 1 MP, the size FLUX is trained around.
 ASPECT_PRESETS: dict[str, tuple[int, int]] = {

@@ -1,4 +1,11 @@
-"""The quality-tier table (spec 4.1): the one place that maps a project's quality to hardware."""
+"""The quality-tier table (spec 4.1): the one place that maps a project's quality to hardware.
+
+One row per tier. What the runner needs of a tier (model variant, pipeline id, image, dtypes,
+steps) is written once, in the runner's settings (``runners/flux/tiers.py``, which the runner
+image carries without the rest of the project); a row here adds what the studio needs (GPU
+memory, work pool, description) and reads the rest from them. ``Quality`` is the runner
+contract's: one type from the project file to the runner's QUALITY.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,11 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from runners.flux.contract import Quality
+from runners.flux.tiers import TIERS as RUNNER_TIERS
+from runners.flux.tiers import TierSettings
 
-class Quality(StrEnum):
-    low = "low"
-    standard = "standard"
-    high = "high"
+__all__ = ["TIERS", "FallbackPolicy", "Quality", "Tier", "fallback_order", "tier_for_pipeline"]
 
 
 class FallbackPolicy(StrEnum):
@@ -25,14 +32,27 @@ class Tier(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     quality: Quality
-    image: str
-    variant: str
-    precision: str
     vram_gb: int
-    cpu_offload: bool
     work_pool: str
-    pipeline_id: str
     description: str
+
+    @property
+    def runner(self) -> TierSettings:
+        """The runner's settings of this tier."""
+        return RUNNER_TIERS[self.quality]
+
+    @property
+    def variant(self) -> str:
+        return self.runner.variant
+
+    @property
+    def pipeline_id(self) -> str:
+        return self.runner.pipeline_id
+
+    @property
+    def image(self) -> str:
+        """The runner image of this tier."""
+        return self.runner.image
 
     @property
     def flow_image(self) -> str:
@@ -44,35 +64,20 @@ class Tier(BaseModel):
 TIERS: dict[Quality, Tier] = {
     Quality.low: Tier(
         quality=Quality.low,
-        image="gms-flux:1.0-low-vram",
-        variant="FLUX.1-schnell",
-        precision="fp8",
         vram_gb=12,
-        cpu_offload=True,
         work_pool="gpu-12gb",
-        pipeline_id="flux-schnell-fp8",
         description="FLUX.1-schnell, FP8 weights, CPU offload, 4 steps (~12 GB)",
     ),
     Quality.standard: Tier(
         quality=Quality.standard,
-        image="gms-flux:1.0-standard",
-        variant="FLUX.1-dev",
-        precision="fp8",
         vram_gb=16,
-        cpu_offload=False,
         work_pool="gpu-16gb",
-        pipeline_id="flux-dev-fp8",
         description="FLUX.1-dev, FP8 weights (~16 GB)",
     ),
     Quality.high: Tier(
         quality=Quality.high,
-        image="gms-flux:1.0-high-fidelity",
-        variant="FLUX.1-dev",
-        precision="bf16",
         vram_gb=24,
-        cpu_offload=False,
         work_pool="gpu-24gb",
-        pipeline_id="flux-dev-bf16",
         description="FLUX.1-dev, 16-bit weights (24 GB+)",
     ),
 }
@@ -83,8 +88,7 @@ _ORDER = [Quality.high, Quality.standard, Quality.low]
 
 def fallback_order(quality: Quality | str) -> list[Quality]:
     """The requested tier, then each lower tier, in the order the dispatcher tries them."""
-    q = Quality(quality)
-    return _ORDER[_ORDER.index(q) :]
+    return _ORDER[_ORDER.index(Quality(quality)) :]
 
 
 def tier_for_pipeline(pipeline_id: str) -> Tier:

@@ -86,9 +86,10 @@ def batch_key(project_id: str, kind: str) -> str:
 def effective_settings(job: TakeJob) -> dict[str, Any]:
     """Steps and CFG as the tier renders them: FLUX.1-schnell (low) clamps steps to 4 and has no
     guidance input, so a CFG scale without a negative prompt does nothing there."""
-    from runners.flux.tiers import get_tier, has_negative
+    from runners.flux.guidance import has_negative
+    from runners.flux.tiers import get_tier
 
-    tier = get_tier(job.quality_used.value)
+    tier = get_tier(job.quality_used)
     p = job.params
     steps = min(p.steps, tier.max_steps)
     if has_negative(p.negative_prompt):

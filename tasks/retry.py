@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from runners.flux.contract import is_retryable
 from runners.strategies import RunnerFailed
 
-# The runner's exit codes that say "this input cannot render here" (runners/strategies.py).
-NOT_RETRIED_EXIT_CODES = frozenset({2, 3, 4})
 RETRIES = 2
 RETRY_DELAY_S = 5
 
 
 def is_infrastructure_failure(exc: BaseException) -> bool:
     if isinstance(exc, RunnerFailed):
-        return exc.exit_code not in NOT_RETRIED_EXIT_CODES
+        return is_retryable(exc.exit_code)
     return isinstance(exc, (ConnectionError, TimeoutError, OSError))
 
 

@@ -19,9 +19,10 @@ from prefect.client.schemas.objects import State
 from prefect.context import TaskRunContext
 from prefect.states import Cancelled
 
-from runners.env import runner_env
+from runners.flux.contract import ExitCode, preview_path_for
 from runners.registry import strategy_for
 from runners.strategies import RunnerFailed
+from runners.take_request import take_request
 from studio.jobs import TakeJob
 from studio.manifest import TakeStatus
 from studio.store import ProjectStore
@@ -83,7 +84,7 @@ def _record_artifacts(job: TakeJob, seed: int | None, timings: dict[str, float])
 
 
 def _failure_text(job: TakeJob, exc: RunnerFailed) -> str:
-    if exc.exit_code == 4:
+    if exc.exit_code == ExitCode.OUT_OF_MEMORY:
         tier = TIERS[job.quality_used]
         return (
             f"Out of GPU memory on the {tier.quality.value} tier ({tier.vram_gb} GB, "
@@ -144,7 +145,7 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State
 
     started = time.perf_counter()
     output = project_dir / job.output_path
-    preview_file = output.with_suffix(".preview.png")
+    preview_file = preview_path_for(output)
     if _rendered_elsewhere(store, job):
         log.warning("skipping %s: another worker is rendering it", take_label(job))
         return {**result_of, "skipped": "rendered by another worker"}
@@ -163,10 +164,9 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State
         try:
             events.emit(events.STARTED, job, task_run_id, attempt=take.attempts)
             strategy = strategy_for(job.pipeline_id, mode)
-            env = runner_env(job, workspace_root=workspace.root, project_dir=project_dir,
-                             in_container=strategy.in_container)
+            request = take_request(job, workspace_root=workspace.root, project_dir=project_dir)
             try:
-                result = strategy.run(env, on_progress)
+                result = strategy.run(request, on_progress)
             finally:
                 # The live preview has served its purpose once the take ends, either way.
                 preview_file.unlink(missing_ok=True)

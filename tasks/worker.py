@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from runners.env import model_dir
+from runners.take_request import model_dir
 from studio.tiers import TIERS, Quality
 from studio.workspace import Workspace
 from tasks.heartbeat import start_heartbeat
@@ -31,7 +31,7 @@ def preload(quality: Quality) -> bool:
     """Loads the tier's pipeline into this process; False when its weights are missing."""
     tier = TIERS[quality]
     workspace = Workspace()
-    folder = model_dir(workspace.root, tier.pipeline_id)
+    folder = model_dir(workspace.root, quality)
     if not (folder / "model_index.json").exists():
         _say(f"{quality.value}: no weights at {folder}; takes will fail until "
              "`make download-models` has run")
@@ -39,7 +39,7 @@ def preload(quality: Quality) -> bool:
     from runners.flux.generation import preload as load_pipeline
 
     started = time.perf_counter()
-    load_pipeline(quality.value, folder)
+    load_pipeline(quality, folder)
     _say(f"{quality.value}: {tier.pipeline_id} loaded from {folder} "
          f"in {time.perf_counter() - started:.1f} s")
     return True

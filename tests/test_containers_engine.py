@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from runners.env import runner_env
 from runners.registry import docker_strategy
 from runners.strategies import RunnerFailed
+from runners.take_request import take_request
 from scripts.local_prefect import LocalPrefectServer
 from studio.jobs import LoraRef, prepare_take
 from studio.manifest import TakeStatus
@@ -123,10 +123,10 @@ def _runner_containers() -> list:
 def test_a_take_renders_in_a_runner_container_with_progress_relayed(workspace: Path) -> None:
     store, job = _take(workspace)
     project_dir = store.project_dir(job.project_id)
-    env = runner_env(job, workspace_root=workspace, project_dir=project_dir, in_container=True)
+    request = take_request(job, workspace_root=workspace, project_dir=project_dir)
     progress: list[tuple[int, str, str | None]] = []
 
-    result = _runner(workspace).run(env, lambda p, s, preview: progress.append((p, s, preview)))
+    result = _runner(workspace).run(request, lambda p, s, preview: progress.append((p, s, preview)))
 
     output = project_dir / job.output_path
     assert Path(result.output_path) == output.resolve()
@@ -143,11 +143,11 @@ def test_a_take_renders_in_a_runner_container_with_progress_relayed(workspace: P
 def test_a_missing_lora_fails_the_container_with_the_runners_message(workspace: Path) -> None:
     lora = {"path": "Library/AI_Models/loras/gone.safetensors", "weight": 0.8, "kind": "style"}
     store, job = _take(workspace, loras=[lora])
-    env = runner_env(job, workspace_root=workspace,
-                     project_dir=store.project_dir(job.project_id), in_container=True)
+    request = take_request(job, workspace_root=workspace,
+                           project_dir=store.project_dir(job.project_id))
 
     with pytest.raises(RunnerFailed) as failed:
-        _runner(workspace).run(env, lambda *_: None)
+        _runner(workspace).run(request, lambda *_: None)
 
     assert failed.value.exit_code == 3
     assert failed.value.message == (

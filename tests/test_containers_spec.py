@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from runners.env import container_path, host_path, runner_env
-from runners.registry import docker_strategy, strategy_for
-from runners.strategies import _container_name
+from runners.flux.contract import FluxRequest
+from runners.mount import WorkspaceMount
+from runners.registry import docker_strategy
+from runners.strategies import container_name
+from runners.take_request import take_request
 from studio.jobs import GenerationParams, TakeJob
 from studio.tiers import TIERS, Quality
 
@@ -20,18 +22,19 @@ from studio.tiers import TIERS, Quality
 def test_a_workspace_path_maps_to_the_volume_and_back(tmp_path: Path) -> None:
     root = tmp_path / "ws"
     take = root / "Projects" / "P" / "03_Renders" / "SCENE_01" / "SHOT-010_v01_take01.png"
+    mount = WorkspaceMount(root)
 
-    inside = container_path(take, root)
+    inside = mount.to_container(take)
 
     assert inside == "/workspace/Projects/P/03_Renders/SCENE_01/SHOT-010_v01_take01.png"
-    assert host_path(inside, root) == take.resolve()
-    assert container_path(root, root) == "/workspace"
-    assert host_path("/elsewhere/x.png", root) == Path("/elsewhere/x.png")
+    assert mount.to_host(inside) == take.resolve()
+    assert mount.to_container(root) == "/workspace"
+    assert mount.to_host("/elsewhere/x.png") == Path("/elsewhere/x.png")
 
 
 def test_a_path_outside_the_workspace_cannot_be_handed_to_a_container(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="outside the workspace .* only the workspace volume"):
-        container_path(tmp_path / "models" / "FLUX.1-dev", tmp_path / "ws")
+        WorkspaceMount(tmp_path / "ws").to_container(tmp_path / "models" / "FLUX.1-dev")
 
 
 def _job() -> TakeJob:
@@ -45,15 +48,22 @@ def _job() -> TakeJob:
     )
 
 
+def _request(root: Path) -> FluxRequest:
+    return FluxRequest(prompt="a fox", output_path=root / "Projects" / "A" / "x.png",
+                       workspace=root)
+
+
 def test_the_runner_env_for_a_container_carries_only_container_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("STUDIO_MODELS_ROOT", raising=False)
     root = tmp_path / "ws"
     project = root / "Projects" / "Project_Odyssey"
+    request = take_request(_job(), workspace_root=root, project_dir=project,
+                           preview_path=project / "p.preview.png")
 
-    env = runner_env(_job(), workspace_root=root, project_dir=project,
-                     preview_path=project / "p.preview.png", in_container=True)
+    env = docker_strategy("flux-dev-fp8", {"STUDIO_CONTAINER_GPUS": "none"}).container_spec(
+        request, "gms-flux-x")["environment"]
 
     assert env["OUTPUT_PATH"] == (
         "/workspace/Projects/Project_Odyssey/03_Renders/SCENE_01/SHOT_015/SHOT-015_v01_take04.png")
@@ -63,14 +73,10 @@ def test_the_runner_env_for_a_container_carries_only_container_paths(
     assert not any(str(tmp_path) in value for value in env.values())
 
 
-def test_only_the_docker_strategy_asks_for_container_paths() -> None:
-    assert [strategy_for("flux-dev-fp8", mode).in_container
-            for mode in ("in-process", "subprocess", "docker")] == [False, False, True]
-
-
 def test_each_take_gets_its_own_container_name() -> None:
-    env = {"OUTPUT_PATH": "/workspace/Projects/A/03_Renders/S/SHOT_010/SHOT-010_v01_take01.png"}
-    names = {_container_name(env) for _ in range(50)}
+    request = FluxRequest(prompt="a fox", output_path=Path(
+        "/workspace/Projects/A/03_Renders/S/SHOT_010/SHOT-010_v01_take01.png"))
+    names = {container_name(request) for _ in range(50)}
     assert len(names) == 50
     assert all(n.startswith("gms-flux-shot-010-v01-take01-") for n in names)
 
@@ -79,7 +85,7 @@ def test_the_runner_container_is_non_root_read_only_and_offline() -> None:
     strategy = docker_strategy("flux-dev-fp8", {"STUDIO_CONTAINER_GPUS": "none",
                                                 "STUDIO_WORKSPACE": "/srv/ws",
                                                 "STUDIO_WORKSPACE_VOLUME": "/srv/ws"})
-    spec = strategy.container_spec({"OUTPUT_PATH": "/workspace/x.png"}, "gms-flux-x")
+    spec = strategy.container_spec(_request(Path("/srv/ws")), "gms-flux-x")
 
     assert spec["image"] == "gms-flux:1.0-standard"
     assert spec["user"] == "1000:1000"
@@ -98,7 +104,7 @@ def test_the_runner_container_asks_for_the_configured_gpus(
     setting: str, gpus: str, device_ids: list[str] | None
 ) -> None:
     env = {"STUDIO_CONTAINER_GPUS": setting, "STUDIO_GPUS": gpus}
-    spec = docker_strategy("flux-dev-fp8", env).container_spec({}, "n")
+    spec = docker_strategy("flux-dev-fp8", env).container_spec(_request(Path("/srv/ws")), "n")
     (request,) = spec["device_requests"]
     assert request["DeviceIDs"] == (device_ids or [])
     assert request["Count"] == (0 if device_ids else -1)

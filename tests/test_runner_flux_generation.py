@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from runners.flux import generation
-from runners.flux.errors import BadInput, Cancelled, FluxError
+from runners.flux.contract import BadInput, Cancelled, FluxError
 from runners.flux.generation import FluxRequest, generate, load_count
 from runners.flux.metadata import read_metadata
 
@@ -147,8 +147,9 @@ def test_raising_from_the_progress_callback_cancels_and_leaves_no_file(
 
 def test_a_repeated_prompt_skips_the_text_encoders(tiny_model_dir: Path) -> None:
     generate(request(tiny_model_dir, "embed1", prompt="a quiet harbour"))
-    entry = generation._CACHE[("standard", str(generation.default_model_dir(
-        tiny_model_dir.resolve(), "standard").resolve()))]
+    entry = generation.cached_pipeline("standard", generation.default_model_dir(
+        tiny_model_dir.resolve(), "standard"))
+    assert entry is not None
     runs = entry.encode_count
     generate(request(tiny_model_dir, "embed2", prompt="a quiet harbour", seed=3))
     assert entry.encode_count == runs
@@ -164,7 +165,7 @@ def test_running_out_of_gpu_memory_is_exit_code_4_with_advice_and_no_file(
     def oom(*args: object, **kwargs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(generation, "_render", oom)
+    monkeypatch.setattr(generation, "render", oom)
     with pytest.raises(generation.OutOfMemory, match="try a smaller size or a lower quality"
                        ) as info:
         generate(request(tiny_model_dir, "oom"))

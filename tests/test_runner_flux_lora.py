@@ -1,4 +1,7 @@
-"""Character and style LoRAs: loaded with their weight, words added to the prompt, then unloaded."""
+"""Character and style LoRAs: loaded with their weight, recorded in the PNG, then unloaded.
+
+Their trigger words and style prompts are composed into the prompt by the domain
+(tests/test_studio_graph.py); the runner renders the prompt it is given."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runners.flux.errors import BadInput, ModelMissing
+from runners.flux.contract import BadInput, ModelMissing
 from runners.flux.generation import FluxRequest, LoraSpec, generate
 from runners.flux.metadata import read_metadata
 from tests.fixtures.tiny_model import make_tiny_lora
@@ -23,8 +26,9 @@ def lora_workspace(tiny_model_dir: Path) -> Path:
 
 def take(workspace: Path, name: str, loras: list, **kw: object) -> bytes:
     """The take's pixels (its PNG text chunks differ anyway: they record the LoRAs)."""
+    kw.setdefault("prompt", "a castle on a hill")
     result = generate(FluxRequest(
-        prompt="a castle on a hill", seed=5, steps=2, width=256, height=256, quality="standard",
+        seed=5, steps=2, width=256, height=256, quality="standard",
         workspace=workspace, output_path=f"Projects/Lora/{name}.png", loras=loras, **kw))
     with Image.open(result.output_path) as img:
         return img.tobytes()
@@ -42,16 +46,20 @@ def test_a_lora_changes_the_image_by_its_weight_and_is_unloaded_after_the_take(
     assert after == base  # the cached pipeline is clean again for the next take
 
 
-def test_trigger_words_and_style_prompt_join_the_prompt_and_the_png_records_the_lora(
+def test_the_composed_prompt_is_rendered_as_given_and_the_png_records_the_lora(
     lora_workspace: Path,
 ) -> None:
-    lora = {"path": LORA, "weight": 0.8, "kind": "character", "trigger_words": ["zxqalex"],
-            "style_prompt": "film noir lighting"}
-    take(lora_workspace, "words", [lora])
+    lora = {"path": LORA, "weight": 0.8, "kind": "character"}
+    take(lora_workspace, "words", [lora], prompt="zxqalex, a castle on a hill, film noir")
     meta = read_metadata(lora_workspace / "Projects/Lora/words.png")
-    assert meta["full_prompt"] == "zxqalex, a castle on a hill, film noir lighting"
-    assert meta["prompt"] == "a castle on a hill"
+    assert meta["prompt"] == "zxqalex, a castle on a hill, film noir"
     assert meta["loras"] == [lora]
+
+
+def test_trigger_words_given_to_the_runner_are_refused_they_belong_in_the_prompt() -> None:
+    with pytest.raises(BadInput, match=r"LORAS\[0\] has unknown fields: trigger_words"):
+        FluxRequest(prompt="a castle", output_path="x.png",
+                    loras=[{"path": LORA, "kind": "character", "trigger_words": ["zxqalex"]}])
 
 
 def test_a_missing_lora_file_is_a_missing_model_error(lora_workspace: Path) -> None:

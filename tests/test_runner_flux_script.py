@@ -9,15 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from runners.flux.contract import ENV_NAMES as CONTRACT
 from runners.flux.metadata import read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "runners" / "flux" / "run_flux_generation.py"
-CONTRACT = (
-    "PROMPT", "NEGATIVE_PROMPT", "SEED", "CFG_SCALE", "STEPS", "WIDTH", "HEIGHT", "OUTPUT_PATH",
-    "QUALITY", "MODEL_DIR", "STUDIO_WORKSPACE", "PREVIEW_PATH", "PREVIEW_EVERY", "LORAS",
-    "PIPELINE_ID",
-)
 TAKE = "Projects/Script/03_Renders/SCENE_01/SHOT_010"
 
 
@@ -203,10 +199,11 @@ def test_input_is_validated_before_torch_is_imported(tmp_path: Path) -> None:
     """Bad input is refused in milliseconds: validation needs neither torch nor diffusers."""
     code = (
         "import sys\n"
-        "from runners.flux.generation import request_from_env, validate_request\n"
-        "from runners.flux.errors import ModelMissing\n"
+        "import os\n"
+        "from runners.flux.contract import FluxRequest, ModelMissing\n"
+        "from runners.flux.plan import plan_take\n"
         "try:\n"
-        "    validate_request(request_from_env())\n"
+        "    plan_take(FluxRequest.from_env(os.environ))\n"
         "except ModelMissing:\n"
         "    pass\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"

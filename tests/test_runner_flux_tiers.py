@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runners.flux.errors import BadInput
+from runners.flux.contract import BadInput
 from runners.flux.generation import FluxRequest, generate, preload
+from runners.flux.guidance import guidance_kwargs, uses_true_cfg
 from runners.flux.metadata import read_metadata
-from runners.flux.tiers import TIERS, get_tier, guidance_kwargs, uses_true_cfg
+from runners.flux.tiers import TIERS, get_tier
 
 
 @pytest.mark.parametrize(
@@ -50,10 +51,12 @@ def test_the_tier_table_follows_the_spec_and_the_studio_tiers() -> None:
     assert (low.default_steps, low.max_sequence_length, low.guidance_embeds) == (4, 256, False)
     assert (standard.variant, standard.storage_dtype) == ("FLUX.1-dev", "float8_e4m3fn")
     assert (high.variant, high.storage_dtype, high.fp8_components) == ("FLUX.1-dev", None, ())
-    for quality, tier in TIERS.items():
-        studio = STUDIO_TIERS[quality]
-        assert (tier.variant, tier.pipeline_id, tier.image) == (
-            studio.variant, studio.pipeline_id, studio.image)
+    assert [(t.pipeline_id, t.image) for t in (low, standard, high)] == [
+        ("flux-schnell-fp8", "gms-flux:1.0-low-vram"), ("flux-dev-fp8", "gms-flux:1.0-standard"),
+        ("flux-dev-bf16", "gms-flux:1.0-high-fidelity")]
+    for quality, tier in TIERS.items():  # one table: the studio's rows read the runner's
+        assert STUDIO_TIERS[quality].runner is tier
+        assert STUDIO_TIERS[quality].pipeline_id == tier.pipeline_id
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ SCHEMA = "gms-flux/1"
 
 def a1111_text(meta: dict[str, Any]) -> str:
     """The A1111 layout of ``meta`` (informational; the JSON chunk is authoritative)."""
-    lines = [str(meta.get("full_prompt") or meta.get("prompt", ""))]
+    lines = [str(meta.get("prompt", ""))]
     if meta.get("negative_prompt"):
         lines.append(f"Negative prompt: {meta['negative_prompt']}")
     fields = {

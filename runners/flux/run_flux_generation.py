@@ -8,9 +8,10 @@ CFG_SCALE, STEPS, WIDTH, HEIGHT, QUALITY (low|standard|high), MODEL_DIR, STUDIO_
 (default /workspace), PREVIEW_PATH, PREVIEW_EVERY, LORAS (JSON), PIPELINE_ID.
 
 Stdout: ``SEED: <n>``, then ``PROGRESS: <0-100> | <text>[ | preview=<path>]`` lines rising to 100.
-Exit codes: 0 image written at OUTPUT_PATH; 2 bad input; 3 model (or LoRA file) missing;
-4 out of memory; 1 anything else. On failure nothing is at OUTPUT_PATH and the last stderr line
-is ``ERROR: <what happened and what to do>``.
+Exit codes (``ExitCode``): 0 image written at OUTPUT_PATH; 2 bad input; 3 model (or LoRA file)
+missing; 4 out of memory; 1 anything else. On failure nothing is at OUTPUT_PATH and the last
+stderr line is ``ERROR: <what happened and what to do>``. Every line and code is written by
+``runners/flux/contract.py``.
 
 Runs from a checkout (``python runners/flux/run_flux_generation.py``) and inside the image
 (``python src/run_flux_generation.py``, the package beside it at ``src/runners/flux``).
@@ -33,26 +34,34 @@ def _import_runner() -> None:
     except ImportError:
         here = Path(__file__).resolve().parent
         for root in (here.parent.parent, here):  # checkout: <root>/runners/flux/<this file>
-            if (root / "runners" / "flux" / "generation.py").is_file():
+            if (root / "runners" / "flux" / "contract.py").is_file():
                 sys.path.insert(0, str(root))
                 break
 
 
 _import_runner()
 
-from runners.flux.errors import Cancelled, FluxError  # noqa: E402
-from runners.flux.generation import generate, request_from_env, validate_request  # noqa: E402
+from runners.flux.contract import (  # noqa: E402
+    Cancelled,
+    ExitCode,
+    FluxError,
+    FluxRequest,
+    Progress,
+    error_line,
+    note_line,
+    output_line,
+    seed_line,
+)
+from runners.flux.generation import generate  # noqa: E402
+from runners.flux.plan import plan_take  # noqa: E402
 
 
 def _progress(percent: int, text: str, preview: str | None) -> None:
-    line = f"PROGRESS: {percent} | {text}"
-    if preview:
-        line += f" | preview={preview}"
-    print(line, flush=True)
+    print(Progress(percent, text, preview).line(), flush=True)
 
 
 def _error(message: str) -> None:
-    print(f"ERROR: {message}", file=sys.stderr, flush=True)
+    print(error_line(message), file=sys.stderr, flush=True)
 
 
 def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
@@ -73,13 +82,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # Validate before torch/diffusers are imported: bad input exits in milliseconds.
-        plan = validate_request(request_from_env())
+        plan = plan_take(FluxRequest.from_env(os.environ))
     except FluxError as exc:
         _error(str(exc))
         return exc.exit_code
-    print(f"SEED: {plan.seed}", flush=True)
+    print(seed_line(plan.seed), flush=True)
     for note in plan.notes:
-        print(f"NOTE: {note}", file=sys.stderr, flush=True)
+        print(note_line(note), file=sys.stderr, flush=True)
     _quiet_libraries()
     try:
         import diffusers
@@ -93,13 +102,13 @@ def main() -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         _error("interrupted")
-        return 1
+        return ExitCode.FAILED
     except Exception as exc:  # noqa: BLE001  (the contract: exit 1 with a readable line)
         traceback.print_exc(file=sys.stderr)
         _error(f"unexpected failure: {type(exc).__name__}: {exc}")
-        return 1
-    print(f"OUTPUT: {result.output_path}", flush=True)
-    return 0
+        return ExitCode.FAILED
+    print(output_line(result.output_path), flush=True)
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

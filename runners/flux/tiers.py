@@ -1,4 +1,4 @@
-"""Each quality tier's diffusers settings, in one place (spec 4.1), and the CFG -> FLUX mapping.
+"""Each quality tier's diffusers settings, keyed by the contract's Quality (spec 4.1).
 
 Torch-free on purpose: the entry point reads the tier defaults to validate a request before it
 imports torch. ``runners/flux/optimize.py`` turns these settings into diffusers/torch calls.
@@ -15,10 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from runners.flux.errors import BadInput
-
-QUALITIES = ("low", "standard", "high")
-DEFAULT_QUALITY = "standard"
+from runners.flux.contract import Quality, parse_quality
 
 # T5 modules that must keep their dtype under fp8 layerwise casting (embedding lookups, the
 # relative position bias and the FF output projection overflow or break in fp8).
@@ -29,7 +26,7 @@ T5_FP8_SKIP = ("norm", "shared", "embed_tokens", "relative_attention_bias", "wo"
 class TierSettings:
     """What one QUALITY value means to diffusers and torch."""
 
-    quality: str
+    quality: Quality
     variant: str  # folder under Library/AI_Models/flux/ and the Hub repo name
     repo_id: str
     pipeline_id: str
@@ -56,9 +53,9 @@ class TierSettings:
         return asdict(self)
 
 
-TIERS: dict[str, TierSettings] = {
-    "low": TierSettings(
-        quality="low",
+TIERS: dict[Quality, TierSettings] = {
+    Quality.low: TierSettings(
+        quality=Quality.low,
         variant="FLUX.1-schnell",
         repo_id="black-forest-labs/FLUX.1-schnell",
         pipeline_id="flux-schnell-fp8",
@@ -74,8 +71,8 @@ TIERS: dict[str, TierSettings] = {
         guidance_embeds=False,
         max_sequence_length=256,
     ),
-    "standard": TierSettings(
-        quality="standard",
+    Quality.standard: TierSettings(
+        quality=Quality.standard,
         variant="FLUX.1-dev",
         repo_id="black-forest-labs/FLUX.1-dev",
         pipeline_id="flux-dev-fp8",
@@ -94,8 +91,8 @@ TIERS: dict[str, TierSettings] = {
         compile=True,
         release_text_encoders_below_gib=40.0,
     ),
-    "high": TierSettings(
-        quality="high",
+    Quality.high: TierSettings(
+        quality=Quality.high,
         variant="FLUX.1-dev",
         repo_id="black-forest-labs/FLUX.1-dev",
         pipeline_id="flux-dev-bf16",
@@ -117,45 +114,6 @@ TIERS: dict[str, TierSettings] = {
 }
 
 
-def get_tier(quality: str) -> TierSettings:
-    """The settings of one QUALITY value; an unknown value is bad input."""
-    try:
-        return TIERS[quality]
-    except KeyError:
-        raise BadInput(f"QUALITY must be one of {', '.join(QUALITIES)}; got {quality!r}") from None
-
-
-def has_negative(negative_prompt: str | None) -> bool:
-    return bool(negative_prompt and negative_prompt.strip())
-
-
-def guidance_kwargs(tier: TierSettings, cfg_scale: float, negative_prompt: str | None) -> dict:
-    """Map the node's one "CFG scale" onto FluxPipeline's two guidance knobs.
-
-    * No negative prompt: FLUX.1-dev is guidance-distilled, so CFG scale is ``guidance_scale``
-      (one transformer pass per step). FLUX.1-schnell has no guidance input: 0.0, ignored.
-    * A negative prompt only acts through true classifier-free guidance
-      (``true_cfg_scale > 1``, two transformer passes per step: about 2x the time). Then CFG scale
-      is ``true_cfg_scale`` and dev's distilled guidance is set to 1.0 (neutral), so the prompt is
-      not pushed twice. A negative prompt with CFG scale <= 1 would do nothing: it is refused
-      rather than silently ignored.
-    """
-    if has_negative(negative_prompt):
-        if not cfg_scale > 1.0:
-            raise BadInput(
-                f"a negative prompt needs CFG_SCALE > 1 (true CFG); got {cfg_scale}. "
-                "Raise CFG_SCALE or clear NEGATIVE_PROMPT."
-            )
-        return {
-            "guidance_scale": 1.0 if tier.guidance_embeds else 0.0,
-            "true_cfg_scale": float(cfg_scale),
-        }
-    return {
-        "guidance_scale": float(cfg_scale) if tier.guidance_embeds else 0.0,
-        "true_cfg_scale": 1.0,
-    }
-
-
-def uses_true_cfg(kwargs: dict) -> bool:
-    """Whether a guidance_kwargs() result runs two transformer passes per step."""
-    return float(kwargs.get("true_cfg_scale", 1.0)) > 1.0
+def get_tier(quality: Quality | str) -> TierSettings:
+    """The settings of one tier; a QUALITY text is parsed (an unknown one is bad input)."""
+    return TIERS[parse_quality(quality)]
