@@ -8,7 +8,11 @@ A failed take fails that take only: the others still render, and the run ends wi
 
 from __future__ import annotations
 
+import contextvars
+import os
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +25,7 @@ from prefect.artifacts import (
     create_progress_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from pydantic import Field
 
@@ -45,6 +50,11 @@ from tasks.retry import render_options
 from tasks.text_to_image import take_tags, tier_task
 
 CONTACT_SHEETS = f"{RENDERS}/CONTACT_SHEETS"
+DEFAULT_CONCURRENCY = 4
+PROGRESS_EVERY_S = 1.0
+# A batch's take is rendered, recorded and read back by this one process: its result needs no
+# storage and a render is never served from a cache (each take is a new image).
+BATCH_TASK_OPTIONS: dict[str, Any] = {"persist_result": False, "cache_policy": NO_CACHE}
 
 
 @dataclass
@@ -149,19 +159,24 @@ def _summary(project_id: str, project_name: str, run_label: str, outcomes: list[
     return "\n".join(lines) + "\n"
 
 
-def _render_one(store: ProjectStore, project_id: str, planned: PlannedTake,
-                quality: Quality) -> TakeOutcome:
+def _prepare(store: ProjectStore, project_id: str, planned: PlannedTake,
+             quality: Quality) -> TakeJob | TakeOutcome:
+    """Reserves the take (its number and file); a node that cannot render is skipped."""
     node = planned.node
     assert node.shot is not None
-    label = f"{display_shot(node.shot.shot)} (seed {planned.seed})"
     try:
-        job: TakeJob = prepare_take(store, project_id, node.id, quality_requested=quality,
-                                    quality_used=quality, seed=planned.seed,
-                                    overrides=planned.overrides or None)
+        return prepare_take(store, project_id, node.id, quality_requested=quality,
+                            quality_used=quality, seed=planned.seed,
+                            overrides=planned.overrides or None)
     except (ValueError, LookupError) as exc:  # the node cannot be rendered as it stands
+        label = f"{display_shot(node.shot.shot)} (seed {planned.seed})"
         return TakeOutcome(planned, "skipped", label, reason=str(exc))
-    label = f"{display_shot(node.shot.shot)} · take{job.take_number:02d}"
-    render = tier_task(quality).with_options(**render_options())
+
+
+def _render_one(planned: PlannedTake, job: TakeJob, quality: Quality) -> TakeOutcome:
+    assert planned.node.shot is not None
+    label = f"{display_shot(planned.node.shot.shot)} · take{job.take_number:02d}"
+    render = tier_task(quality).with_options(**render_options(), **BATCH_TASK_OPTIONS)
     with tags(*take_tags(job)):
         state = render(job, return_state=True)
     if state.is_completed():
@@ -171,6 +186,84 @@ def _render_one(store: ProjectStore, project_id: str, planned: PlannedTake,
         return TakeOutcome(planned, "done", label, job.output_path, result=result)
     return TakeOutcome(planned, "failed", label, job.output_path,
                        reason=state.message or state.name)
+
+
+def batch_concurrency() -> int:
+    """Takes in flight at once (STUDIO_BATCH_CONCURRENCY, default 4; 1 = one after another).
+
+    Only their orchestration overlaps (task runs, events, artifacts, project.json): the render
+    itself holds the tier pipeline's lock (runners/flux/generation.py), so one GPU never renders
+    two takes at once.
+    """
+    raw = os.environ.get("STUDIO_BATCH_CONCURRENCY", "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_CONCURRENCY
+    except ValueError:
+        raise ValueError(f"STUDIO_BATCH_CONCURRENCY must be a whole number, not {raw!r}") \
+            from None
+    return max(1, value)
+
+
+def _render_all(store: ProjectStore, project_id: str, planned: list[PlannedTake],
+                quality: Quality, on_done: Callable[[int, TakeOutcome, float], None],
+                render: Callable[[PlannedTake, TakeJob, Quality], TakeOutcome] | None = None,
+                ) -> list[TakeOutcome]:
+    """Every planned take, a bounded number in flight; outcomes in the planned order.
+
+    Takes are reserved here, one after another in the planned order (take numbers follow the
+    plan), and only when a slot is free: a reserved take starts within moments, so the studio
+    API's reconciler never mistakes it for a take its dispatcher lost.
+    """
+    render = render or _render_one
+    slots = batch_concurrency()
+    outcomes: list[TakeOutcome | None] = [None] * len(planned)
+    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="take") as pool:
+        running: dict[Future[TakeOutcome], tuple[int, float]] = {}
+
+        def collect(block: bool) -> None:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED,
+                               timeout=None if block else 0)
+            for future in finished:
+                index, started = running.pop(future)
+                outcomes[index] = future.result()
+                on_done(index, outcomes[index], time.perf_counter() - started)
+
+        for index, take in enumerate(planned):
+            while len(running) >= slots:
+                collect(block=True)
+            started = time.perf_counter()
+            job = _prepare(store, project_id, take, quality)
+            if isinstance(job, TakeOutcome):
+                outcomes[index] = job
+                on_done(index, job, time.perf_counter() - started)
+                continue
+            # Each take's thread runs in a copy of this context: the flow run, its settings.
+            context = contextvars.copy_context()
+            running[pool.submit(context.run, render, take, job, quality)] = (index, started)
+            collect(block=False)
+        while running:
+            collect(block=True)
+    return [o for o in outcomes if o is not None]
+
+
+class _Progress:
+    """The batch's progress artifact, updated at most every PROGRESS_EVERY_S (and at the end):
+    one API call per take would cost more than the bar is worth on a 1,000-take batch."""
+
+    def __init__(self, key: str, run_label: str, total: int) -> None:
+        self.run_label, self.total, self.done = run_label, total, 0
+        self.last = time.monotonic()
+        self.id = create_progress_artifact(progress=0.0, key=key,
+                                           description=f"{run_label}: 0 of {total}")
+
+    def advance(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.done == self.total or now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            update_progress_artifact(self.id, progress=100.0 * self.done / self.total,
+                                     description=f"{self.run_label}: {self.done} of "
+                                                 f"{self.total}")
 
 
 # Mutable defaults are safe here: Prefect validates parameters into new objects per run.
@@ -219,22 +312,20 @@ def batch_takes(
     logger.info("%s: %d node(s), %d take(s) at quality %s%s", found.name, len(nodes),
                 len(planned), q.value, " (sweep)" if target is not None else "")
 
-    progress_id = create_progress_artifact(progress=0.0, key=artifacts.batch_key(found.id,
-                                                                                 "progress"),
-                                           description=f"{run_label}: 0 of {len(planned)}")
-    outcomes: list[TakeOutcome] = []
-    for i, take in enumerate(planned, start=1):
-        started = time.perf_counter()
-        outcome = _render_one(store, found.id, take, q)
-        outcomes.append(outcome)
-        seconds = time.perf_counter() - started
+    progress = _Progress(artifacts.batch_key(found.id, "progress"), run_label, len(planned))
+    finished = [0]
+
+    def on_done(index: int, outcome: TakeOutcome, seconds: float) -> None:
+        finished[0] += 1
         if outcome.status == "done":
-            logger.info("take %d/%d %s: done in %.1f s", i, len(planned), outcome.label, seconds)
+            logger.info("take %d/%d %s: done in %.1f s", finished[0], len(planned),
+                        outcome.label, seconds)
         else:
-            logger.warning("take %d/%d %s: %s: %s", i, len(planned), outcome.label,
+            logger.warning("take %d/%d %s: %s: %s", finished[0], len(planned), outcome.label,
                            outcome.status.upper(), outcome.reason)
-        update_progress_artifact(progress_id, progress=100.0 * i / len(planned),
-                                 description=f"{run_label}: {i} of {len(planned)}")
+        progress.advance()
+
+    outcomes = _render_all(store, found.id, planned, q, on_done)
 
     sheet_rel = _write_contact_sheet(store, found.id, outcomes, sweep if target else None)
     sheet_url = artifacts.file_url(found.id, sheet_rel)

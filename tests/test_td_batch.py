@@ -3,13 +3,14 @@ sheet, signed file links, the low tier's effective settings and which failures a
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from flows.batch import _grid_labels, plan_takes
+from flows.batch import PlannedTake, TakeOutcome, _grid_labels, _render_all, plan_takes
 from runners.strategies import RunnerFailed
 from studio.batch import (
     BatchError,
@@ -110,6 +111,52 @@ def test_a_sweep_without_a_seed_axis_shares_one_seed(store: ProjectStore) -> Non
     assert [p.overrides for p in planned] == [{"steps": 4}, {"steps": 8}]
     with pytest.raises(BatchError, match="at least one list"):
         Sweep(shot="SHOT-010").cells()
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_a_batch_keeps_at_most_its_concurrency_in_flight_and_reserves_takes_in_plan_order(
+        store: ProjectStore, monkeypatch: pytest.MonkeyPatch, slots: int) -> None:
+    monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", str(slots))
+    project = store.create("P")
+    first = add_text_to_image(store, project.id, shot="SHOT_010")
+    second = add_text_to_image(store, project.id, shot="SHOT_020", x=300)
+    loaded = store.load(project.id)
+    nodes = [loaded.get_node(first), loaded.get_node(second)]
+    planned = plan_takes(nodes, 4, [11, 12, 13, 14], Sweep(), None)
+    lock = threading.Lock()
+    in_flight: list[int] = []
+    finished: set[str] = set()
+
+    def render(take: PlannedTake, job: TakeJob, quality: Quality) -> TakeOutcome:
+        # What the pipeline sees: every reserved take that has not ended is one in flight.
+        with lock:
+            reserved = {t.id for n in store.load(project.id).nodes for t in n.takes}
+            in_flight.append(len(reserved - finished))
+        time.sleep(0.05)
+        with lock:
+            finished.add(job.take_id)
+        return TakeOutcome(take, "done", f"take{job.take_number:02d}", job.output_path)
+
+    done: list[int] = []
+    outcomes = _render_all(store, project.id, planned, Quality.standard,
+                           lambda index, outcome, seconds: done.append(index), render)
+
+    assert max(in_flight) == slots  # overlapped up to the limit, never beyond
+    assert [o.planned for o in outcomes] == planned and sorted(done) == list(range(8))
+    for node_id in (first, second):  # numbers follow the plan: take01 has the first seed
+        takes = store.load(project.id).get_node(node_id).takes
+        assert [(t.number, t.params["seed"]) for t in takes] == [(1, 11), (2, 12), (3, 13),
+                                                                 (4, 14)]
+
+
+def test_a_batch_concurrency_that_is_no_number_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.batch import batch_concurrency
+
+    monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", "four")
+    with pytest.raises(ValueError, match="STUDIO_BATCH_CONCURRENCY must be a whole number"):
+        batch_concurrency()
+    monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", "0")
+    assert batch_concurrency() == 1
 
 
 def test_the_contact_sheet_is_a_grid_with_failed_cells_marked(tmp_path: Path) -> None:
