@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from prefect import flow, get_run_logger, tags
+from prefect import Task, flow, get_run_logger, tags
 from prefect.artifacts import (
     create_image_artifact,
     create_markdown_artifact,
@@ -173,10 +173,14 @@ def _prepare(store: ProjectStore, project_id: str, planned: PlannedTake,
         return TakeOutcome(planned, "skipped", label, reason=str(exc))
 
 
-def _render_one(planned: PlannedTake, job: TakeJob, quality: Quality) -> TakeOutcome:
+def _batch_task(quality: Quality) -> Task[..., Any]:
+    """The tier's task as a batch runs it: retried for infrastructure failures only."""
+    return tier_task(quality).with_options(**render_options(), **BATCH_TASK_OPTIONS)
+
+
+def _render_one(planned: PlannedTake, job: TakeJob, render: Task[..., Any]) -> TakeOutcome:
     assert planned.node.shot is not None
     label = f"{display_shot(planned.node.shot.shot)} · take{job.take_number:02d}"
-    render = tier_task(quality).with_options(**render_options(), **BATCH_TASK_OPTIONS)
     with tags(*take_tags(job)):
         state = render(job, return_state=True)
     if state.is_completed():
@@ -206,7 +210,8 @@ def batch_concurrency() -> int:
 
 def _render_all(store: ProjectStore, project_id: str, planned: list[PlannedTake],
                 quality: Quality, on_done: Callable[[int, TakeOutcome, float], None],
-                render: Callable[[PlannedTake, TakeJob, Quality], TakeOutcome] | None = None,
+                render: Callable[[PlannedTake, TakeJob, Task[..., Any]], TakeOutcome]
+                = _render_one,
                 ) -> list[TakeOutcome]:
     """Every planned take, a bounded number in flight; outcomes in the planned order.
 
@@ -214,7 +219,7 @@ def _render_all(store: ProjectStore, project_id: str, planned: list[PlannedTake]
     plan), and only when a slot is free: a reserved take starts within moments, so the studio
     API's reconciler never mistakes it for a take its dispatcher lost.
     """
-    render = render or _render_one
+    task = _batch_task(quality)
     slots = batch_concurrency()
     outcomes: list[TakeOutcome | None] = [None] * len(planned)
     with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="take") as pool:
@@ -239,7 +244,7 @@ def _render_all(store: ProjectStore, project_id: str, planned: list[PlannedTake]
                 continue
             # Each take's thread runs in a copy of this context: the flow run, its settings.
             context = contextvars.copy_context()
-            running[pool.submit(context.run, render, take, job, quality)] = (index, started)
+            running[pool.submit(context.run, render, take, job, task)] = (index, started)
             collect(block=False)
         while running:
             collect(block=True)

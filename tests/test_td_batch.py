@@ -127,12 +127,19 @@ def test_a_batch_keeps_at_most_its_concurrency_in_flight_and_reserves_takes_in_p
     in_flight: list[int] = []
     finished: set[str] = set()
 
-    def render(take: PlannedTake, job: TakeJob, quality: Quality) -> TakeOutcome:
-        # What the pipeline sees: every reserved take that has not ended is one in flight.
-        with lock:
-            reserved = {t.id for n in store.load(project.id).nodes for t in n.takes}
-            in_flight.append(len(reserved - finished))
-        time.sleep(0.05)
+    def render(take: PlannedTake, job: TakeJob, task: object) -> TakeOutcome:
+        # Held until the batch has filled its slots (or reserved every take), as a slow render
+        # would be; every reserved take that has not ended is one in flight.
+        deadline = time.monotonic() + 20
+        while True:
+            with lock:
+                reserved = {t.id for n in store.load(project.id).nodes for t in n.takes}
+                now_in_flight = len(reserved - finished)
+            if now_in_flight >= slots or len(reserved) == len(planned) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        in_flight.append(now_in_flight)
         with lock:
             finished.add(job.take_id)
         return TakeOutcome(take, "done", f"take{job.take_number:02d}", job.output_path)
