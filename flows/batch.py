@@ -195,9 +195,10 @@ def _render_one(planned: PlannedTake, job: TakeJob, render: Task[..., Any]) -> T
 def batch_concurrency() -> int:
     """Takes in flight at once (STUDIO_BATCH_CONCURRENCY, default 4; 1 = one after another).
 
-    Only their orchestration overlaps (task runs, events, artifacts, project.json): the render
-    itself holds the tier pipeline's lock (runners/flux/generation.py), so one GPU never renders
-    two takes at once.
+    Only their orchestration overlaps (task runs, events, artifacts, project.json): in process,
+    the render itself holds the tier pipeline's lock (runners/flux/generation.py), so one GPU
+    never renders two takes at once. A runner in a subprocess or a container has no such lock:
+    there takes stay one after another.
     """
     raw = os.environ.get("STUDIO_BATCH_CONCURRENCY", "").strip()
     try:
@@ -205,6 +206,8 @@ def batch_concurrency() -> int:
     except ValueError:
         raise ValueError(f"STUDIO_BATCH_CONCURRENCY must be a whole number, not {raw!r}") \
             from None
+    if os.environ.get("STUDIO_RUNNER_MODE", "in-process") != "in-process":
+        return 1
     return max(1, value)
 
 

@@ -117,6 +117,7 @@ def test_a_sweep_without_a_seed_axis_shares_one_seed(store: ProjectStore) -> Non
 def test_a_batch_keeps_at_most_its_concurrency_in_flight_and_reserves_takes_in_plan_order(
         store: ProjectStore, monkeypatch: pytest.MonkeyPatch, slots: int) -> None:
     monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", str(slots))
+    monkeypatch.delenv("STUDIO_RUNNER_MODE", raising=False)
     project = store.create("P")
     first = add_text_to_image(store, project.id, shot="SHOT_010")
     second = add_text_to_image(store, project.id, shot="SHOT_020", x=300)
@@ -164,6 +165,18 @@ def test_a_batch_concurrency_that_is_no_number_says_so(monkeypatch: pytest.Monke
         batch_concurrency()
     monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", "0")
     assert batch_concurrency() == 1
+
+
+def test_a_batch_overlaps_takes_only_where_the_pipeline_lock_keeps_renders_one_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.batch import batch_concurrency
+
+    monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", "4")
+    monkeypatch.delenv("STUDIO_RUNNER_MODE", raising=False)
+    assert batch_concurrency() == 4  # in process: one pipeline, one lock
+    for mode in ("subprocess", "docker"):  # a runner per take: nothing would serialize them
+        monkeypatch.setenv("STUDIO_RUNNER_MODE", mode)
+        assert batch_concurrency() == 1
 
 
 def test_the_contact_sheet_is_a_grid_with_failed_cells_marked(tmp_path: Path) -> None:
