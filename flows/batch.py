@@ -26,6 +26,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.context import FlowRunContext
 from pydantic import Field
 
@@ -43,11 +44,13 @@ from studio.batch import (
 from studio.jobs import TakeJob, prepare_take
 from studio.manifest import Node
 from studio.store import ProjectStore
+from studio.takes import TakeError, fail_take
 from studio.tiers import Quality
 from studio.workspace import RENDERS, Workspace
 from tasks import artifacts, contact_sheet
+from tasks.prefect_retry import is_transient, retry_transient
 from tasks.retry import render_options
-from tasks.text_to_image import take_tags, tier_task
+from tasks.text_to_image import take_label, take_tags, tier_task
 
 CONTACT_SHEETS = f"{RENDERS}/CONTACT_SHEETS"
 DEFAULT_CONCURRENCY = 4
@@ -178,11 +181,36 @@ def _batch_task(quality: Quality) -> Task[..., Any]:
     return tier_task(quality).with_options(**render_options(), **BATCH_TASK_OPTIONS)
 
 
-def _render_one(planned: PlannedTake, job: TakeJob, render: Task[..., Any]) -> TakeOutcome:
+def _run_task(job: TakeJob, render: Task[..., Any]) -> Any:
+    """The take's task run; a transient Prefect answer (a 503 on a locked SQLite) before the
+    take started is retried with our backoff (tasks/prefect_retry.py), not a failed batch."""
+    def call() -> Any:
+        try:
+            with tags(*take_tags(job)):
+                return render(job, return_state=True)
+        except ConcurrencySlotAcquisitionError as exc:
+            # The task-run tags' concurrency check, before the task ran: safe to call again.
+            if exc.__cause__ is not None and is_transient(exc.__cause__):
+                raise exc.__cause__ from exc
+            raise
+
+    return retry_transient(call, f"starting {take_label(job)}")
+
+
+def _render_one(planned: PlannedTake, job: TakeJob, render: Task[..., Any],
+                store: ProjectStore | None = None) -> TakeOutcome:
     assert planned.node.shot is not None
     label = f"{display_shot(planned.node.shot.shot)} · take{job.take_number:02d}"
-    with tags(*take_tags(job)):
-        state = render(job, return_state=True)
+    try:
+        state = _run_task(job, render)
+    except Exception as exc:  # Prefect gave up on this take: it fails alone, with the reason
+        reason = f"{type(exc).__name__}: {exc}"
+        try:
+            fail_take(store or ProjectStore(Workspace()), job.project_id, job.node_id,
+                      job.take_id, reason)
+        except (TakeError, LookupError, ValueError):  # it ended meanwhile: keep that record
+            pass
+        return TakeOutcome(planned, "failed", label, job.output_path, reason=reason)
     if state.is_completed():
         result = state.result()
         if "skipped" in result:

@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -23,6 +24,7 @@ from studio.batch import (
     take_seeds,
 )
 from studio.jobs import GenerationParams, TakeJob
+from studio.manifest import TakeStatus
 from studio.store import ProjectNotFound, ProjectStore
 from studio.tiers import Quality
 from studio.workspace import Workspace
@@ -155,6 +157,61 @@ def test_a_batch_keeps_at_most_its_concurrency_in_flight_and_reserves_takes_in_p
         takes = store.load(project.id).get_node(node_id).takes
         assert [(t.number, t.params["seed"]) for t in takes] == [(1, 11), (2, 12), (3, 13),
                                                                  (4, 14)]
+
+
+def _unavailable() -> httpx.HTTPStatusError:
+    request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment-with-lease")
+    return httpx.HTTPStatusError("503 Service Unavailable", request=request,
+                                 response=httpx.Response(503, request=request))
+
+
+def test_a_take_whose_task_run_start_meets_a_locked_database_is_started_again(
+        store: ProjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+    from prefect.states import Completed
+
+    from flows.batch import _prepare, _render_one
+
+    monkeypatch.setattr("tasks.prefect_retry._pause", lambda attempt: 0.01)
+    project = store.create("P")
+    node_id = add_text_to_image(store, project.id)
+    node = store.load(project.id).get_node(node_id)
+    planned = plan_takes([node], 1, [5], Sweep(), None)[0]
+    job = _prepare(store, project.id, planned, Quality.standard)
+    assert isinstance(job, TakeJob)
+    calls: list[str] = []
+
+    def task(job: TakeJob, return_state: bool) -> object:
+        calls.append(job.take_id)
+        if len(calls) == 1:  # SQLite locked under the batch's burst, after Prefect's retries
+            raise ConcurrencySlotAcquisitionError("Unable to acquire concurrency slots") \
+                from _unavailable()
+        return Completed(data={"output_path": job.output_path, "take_id": job.take_id})
+
+    outcome = _render_one(planned, job, task, store)  # type: ignore[arg-type]
+
+    assert outcome.status == "done" and calls == [job.take_id, job.take_id]
+
+
+def test_a_take_prefect_gives_up_on_fails_alone_and_says_why(
+        store: ProjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.batch import _prepare, _render_one
+
+    monkeypatch.setenv("STUDIO_PREFECT_RETRY_SECONDS", "0")
+    project = store.create("P")
+    node_id = add_text_to_image(store, project.id)
+    planned = plan_takes([store.load(project.id).get_node(node_id)], 1, [5], Sweep(), None)[0]
+    job = _prepare(store, project.id, planned, Quality.standard)
+    assert isinstance(job, TakeJob)
+
+    def task(job: TakeJob, return_state: bool) -> object:
+        raise _unavailable()
+
+    outcome = _render_one(planned, job, task, store)  # type: ignore[arg-type]
+
+    assert outcome.status == "failed" and "503 Service Unavailable" in outcome.reason
+    [take] = store.load(project.id).get_node(node_id).takes
+    assert take.status == TakeStatus.failed and "503" in (take.error or "")
 
 
 def test_a_batch_concurrency_that_is_no_number_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
