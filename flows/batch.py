@@ -265,7 +265,9 @@ def _render_all(store: ProjectStore, project_id: str, planned: list[PlannedTake]
                 on_done(index, outcomes[index], time.perf_counter() - started)
 
         for index, take in enumerate(planned):
-            while len(running) >= slots:
+            # The first take alone: it loads the tier's pipeline, which the others would only
+            # queue behind (counting the wait as loading).
+            while len(running) >= (slots if any(outcomes) else 1):
                 collect(block=True)
             started = time.perf_counter()
             job = _prepare(store, project_id, take, quality)
