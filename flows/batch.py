@@ -8,19 +8,25 @@ A failed take fails that take only: the others still render, and the run ends wi
 
 from __future__ import annotations
 
+import contextvars
+import os
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from prefect import flow, get_run_logger, tags
+from prefect import Task, flow, get_run_logger, tags
 from prefect.artifacts import (
     create_image_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.context import FlowRunContext
 from pydantic import Field
 
@@ -38,13 +44,20 @@ from studio.batch import (
 from studio.jobs import TakeJob, prepare_take
 from studio.manifest import Node
 from studio.store import ProjectStore
+from studio.takes import TakeError, fail_take
 from studio.tiers import Quality
 from studio.workspace import RENDERS, Workspace
 from tasks import artifacts, contact_sheet
+from tasks.prefect_retry import is_transient, retry_transient
 from tasks.retry import render_options
-from tasks.text_to_image import take_tags, tier_task
+from tasks.text_to_image import take_label, take_tags, tier_task
 
 CONTACT_SHEETS = f"{RENDERS}/CONTACT_SHEETS"
+DEFAULT_CONCURRENCY = 4
+PROGRESS_EVERY_S = 1.0
+# A batch's take is rendered, recorded and read back by this one process: its result needs no
+# storage and a render is never served from a cache (each take is a new image).
+BATCH_TASK_OPTIONS: dict[str, Any] = {"persist_result": False, "cache_policy": NO_CACHE}
 
 
 @dataclass
@@ -149,21 +162,55 @@ def _summary(project_id: str, project_name: str, run_label: str, outcomes: list[
     return "\n".join(lines) + "\n"
 
 
-def _render_one(store: ProjectStore, project_id: str, planned: PlannedTake,
-                quality: Quality) -> TakeOutcome:
+def _prepare(store: ProjectStore, project_id: str, planned: PlannedTake,
+             quality: Quality) -> TakeJob | TakeOutcome:
+    """Reserves the take (its number and file); a node that cannot render is skipped."""
     node = planned.node
     assert node.shot is not None
-    label = f"{display_shot(node.shot.shot)} (seed {planned.seed})"
     try:
-        job: TakeJob = prepare_take(store, project_id, node.id, quality_requested=quality,
-                                    quality_used=quality, seed=planned.seed,
-                                    overrides=planned.overrides or None)
+        return prepare_take(store, project_id, node.id, quality_requested=quality,
+                            quality_used=quality, seed=planned.seed,
+                            overrides=planned.overrides or None)
     except (ValueError, LookupError) as exc:  # the node cannot be rendered as it stands
+        label = f"{display_shot(node.shot.shot)} (seed {planned.seed})"
         return TakeOutcome(planned, "skipped", label, reason=str(exc))
-    label = f"{display_shot(node.shot.shot)} · take{job.take_number:02d}"
-    render = tier_task(quality).with_options(**render_options())
-    with tags(*take_tags(job)):
-        state = render(job, return_state=True)
+
+
+def _batch_task(quality: Quality) -> Task[..., Any]:
+    """The tier's task as a batch runs it: retried for infrastructure failures only."""
+    return tier_task(quality).with_options(**render_options(), **BATCH_TASK_OPTIONS)
+
+
+def _run_task(job: TakeJob, render: Task[..., Any]) -> Any:
+    """The take's task run; a transient Prefect answer (a 503 on a locked SQLite) before the
+    take started is retried with our backoff (tasks/prefect_retry.py), not a failed batch."""
+    def call() -> Any:
+        try:
+            with tags(*take_tags(job)):
+                return render(job, return_state=True)
+        except ConcurrencySlotAcquisitionError as exc:
+            # The task-run tags' concurrency check, before the task ran: safe to call again.
+            if exc.__cause__ is not None and is_transient(exc.__cause__):
+                raise exc.__cause__ from exc
+            raise
+
+    return retry_transient(call, f"starting {take_label(job)}")
+
+
+def _render_one(planned: PlannedTake, job: TakeJob, render: Task[..., Any],
+                store: ProjectStore | None = None) -> TakeOutcome:
+    assert planned.node.shot is not None
+    label = f"{display_shot(planned.node.shot.shot)} · take{job.take_number:02d}"
+    try:
+        state = _run_task(job, render)
+    except Exception as exc:  # Prefect gave up on this take: it fails alone, with the reason
+        reason = f"{type(exc).__name__}: {exc}"
+        try:
+            fail_take(store or ProjectStore(Workspace()), job.project_id, job.node_id,
+                      job.take_id, reason)
+        except (TakeError, LookupError, ValueError):  # it ended meanwhile: keep that record
+            pass
+        return TakeOutcome(planned, "failed", label, job.output_path, reason=reason)
     if state.is_completed():
         result = state.result()
         if "skipped" in result:
@@ -171,6 +218,90 @@ def _render_one(store: ProjectStore, project_id: str, planned: PlannedTake,
         return TakeOutcome(planned, "done", label, job.output_path, result=result)
     return TakeOutcome(planned, "failed", label, job.output_path,
                        reason=state.message or state.name)
+
+
+def batch_concurrency() -> int:
+    """Takes in flight at once (STUDIO_BATCH_CONCURRENCY, default 4; 1 = one after another).
+
+    Only their orchestration overlaps (task runs, events, artifacts, project.json): in process,
+    the render itself holds the tier pipeline's lock (runners/flux/generation.py), so one GPU
+    never renders two takes at once. A runner in a subprocess or a container has no such lock:
+    there takes stay one after another.
+    """
+    raw = os.environ.get("STUDIO_BATCH_CONCURRENCY", "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_CONCURRENCY
+    except ValueError:
+        raise ValueError(f"STUDIO_BATCH_CONCURRENCY must be a whole number, not {raw!r}") \
+            from None
+    if os.environ.get("STUDIO_RUNNER_MODE", "in-process") != "in-process":
+        return 1
+    return max(1, value)
+
+
+def _render_all(store: ProjectStore, project_id: str, planned: list[PlannedTake],
+                quality: Quality, on_done: Callable[[int, TakeOutcome, float], None],
+                render: Callable[[PlannedTake, TakeJob, Task[..., Any]], TakeOutcome]
+                = _render_one,
+                ) -> list[TakeOutcome]:
+    """Every planned take, a bounded number in flight; outcomes in the planned order.
+
+    Takes are reserved here, one after another in the planned order (take numbers follow the
+    plan), and only when a slot is free: a reserved take starts within moments, so the studio
+    API's reconciler never mistakes it for a take its dispatcher lost.
+    """
+    task = _batch_task(quality)
+    slots = batch_concurrency()
+    outcomes: list[TakeOutcome | None] = [None] * len(planned)
+    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="take") as pool:
+        running: dict[Future[TakeOutcome], tuple[int, float]] = {}
+
+        def collect(block: bool) -> None:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED,
+                               timeout=None if block else 0)
+            for future in finished:
+                index, started = running.pop(future)
+                outcomes[index] = future.result()
+                on_done(index, outcomes[index], time.perf_counter() - started)
+
+        for index, take in enumerate(planned):
+            # The first take alone: it loads the tier's pipeline, which the others would only
+            # queue behind (counting the wait as loading).
+            while len(running) >= (slots if any(outcomes) else 1):
+                collect(block=True)
+            started = time.perf_counter()
+            job = _prepare(store, project_id, take, quality)
+            if isinstance(job, TakeOutcome):
+                outcomes[index] = job
+                on_done(index, job, time.perf_counter() - started)
+                continue
+            # Each take's thread runs in a copy of this context: the flow run, its settings.
+            context = contextvars.copy_context()
+            running[pool.submit(context.run, render, take, job, task)] = (index, started)
+            collect(block=False)
+        while running:
+            collect(block=True)
+    return [o for o in outcomes if o is not None]
+
+
+class _Progress:
+    """The batch's progress artifact, updated at most every PROGRESS_EVERY_S (and at the end):
+    one API call per take would cost more than the bar is worth on a 1,000-take batch."""
+
+    def __init__(self, key: str, run_label: str, total: int) -> None:
+        self.run_label, self.total, self.done = run_label, total, 0
+        self.last = time.monotonic()
+        self.id = create_progress_artifact(progress=0.0, key=key,
+                                           description=f"{run_label}: 0 of {total}")
+
+    def advance(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.done == self.total or now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            update_progress_artifact(self.id, progress=100.0 * self.done / self.total,
+                                     description=f"{self.run_label}: {self.done} of "
+                                                 f"{self.total}")
 
 
 # Mutable defaults are safe here: Prefect validates parameters into new objects per run.
@@ -219,22 +350,20 @@ def batch_takes(
     logger.info("%s: %d node(s), %d take(s) at quality %s%s", found.name, len(nodes),
                 len(planned), q.value, " (sweep)" if target is not None else "")
 
-    progress_id = create_progress_artifact(progress=0.0, key=artifacts.batch_key(found.id,
-                                                                                 "progress"),
-                                           description=f"{run_label}: 0 of {len(planned)}")
-    outcomes: list[TakeOutcome] = []
-    for i, take in enumerate(planned, start=1):
-        started = time.perf_counter()
-        outcome = _render_one(store, found.id, take, q)
-        outcomes.append(outcome)
-        seconds = time.perf_counter() - started
+    progress = _Progress(artifacts.batch_key(found.id, "progress"), run_label, len(planned))
+    finished = [0]
+
+    def on_done(index: int, outcome: TakeOutcome, seconds: float) -> None:
+        finished[0] += 1
         if outcome.status == "done":
-            logger.info("take %d/%d %s: done in %.1f s", i, len(planned), outcome.label, seconds)
+            logger.info("take %d/%d %s: done in %.1f s", finished[0], len(planned),
+                        outcome.label, seconds)
         else:
-            logger.warning("take %d/%d %s: %s: %s", i, len(planned), outcome.label,
+            logger.warning("take %d/%d %s: %s: %s", finished[0], len(planned), outcome.label,
                            outcome.status.upper(), outcome.reason)
-        update_progress_artifact(progress_id, progress=100.0 * i / len(planned),
-                                 description=f"{run_label}: {i} of {len(planned)}")
+        progress.advance()
+
+    outcomes = _render_all(store, found.id, planned, q, on_done)
 
     sheet_rel = _write_contact_sheet(store, found.id, outcomes, sweep if target else None)
     sheet_url = artifacts.file_url(found.id, sheet_rel)

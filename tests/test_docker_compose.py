@@ -88,3 +88,24 @@ def test_compose_refuses_to_start_without_the_secret_files(tmp_path: Path) -> No
     done = config(tmp_path, STUDIO_WORKSPACE=str(tmp_path))
     assert done.returncode != 0
     assert "STUDIO_DB_PASSWORD_FILE" in done.stderr
+
+
+def test_prefect_metrics_are_on_for_servers_and_workers_and_one_switch_turns_them_off(
+        tmp_path: Path, secrets: dict[str, str]) -> None:
+    def metrics(**env: str) -> dict[str, dict[str, str]]:
+        done = config(tmp_path, "--profile", "gpu0", **secrets, **env)
+        assert done.returncode == 0, done.stderr
+        services = yaml.safe_load(done.stdout)["services"]
+        return {name: services[name]["environment"] for name in
+                ("prefect-api", "prefect-ui", "prefect-services", "task-worker-gpu0",
+                 "pool-worker-gpu0")}
+
+    on = metrics()
+    for server in ("prefect-api", "prefect-ui", "prefect-services"):
+        assert on[server]["PREFECT_SERVER_METRICS_ENABLED"] == "true"  # GET /api/metrics
+    for worker in ("task-worker-gpu0", "pool-worker-gpu0"):
+        assert on[worker]["PREFECT_CLIENT_METRICS_ENABLED"] == "true"
+        assert on[worker]["PREFECT_CLIENT_METRICS_PORT"] == "4201"
+    off = metrics(STUDIO_PREFECT_METRICS="false")
+    assert {env.get("PREFECT_SERVER_METRICS_ENABLED", env.get("PREFECT_CLIENT_METRICS_ENABLED"))
+            for env in off.values()} == {"false"}

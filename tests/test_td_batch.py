@@ -3,13 +3,15 @@ sheet, signed file links, the low tier's effective settings and which failures a
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
-from flows.batch import _grid_labels, plan_takes
+from flows.batch import PlannedTake, TakeOutcome, _grid_labels, _render_all, plan_takes
 from runners.strategies import RunnerFailed
 from studio.batch import (
     BatchError,
@@ -22,6 +24,7 @@ from studio.batch import (
     take_seeds,
 )
 from studio.jobs import GenerationParams, TakeJob
+from studio.manifest import TakeStatus
 from studio.store import ProjectNotFound, ProjectStore
 from studio.tiers import Quality
 from studio.workspace import Workspace
@@ -110,6 +113,127 @@ def test_a_sweep_without_a_seed_axis_shares_one_seed(store: ProjectStore) -> Non
     assert [p.overrides for p in planned] == [{"steps": 4}, {"steps": 8}]
     with pytest.raises(BatchError, match="at least one list"):
         Sweep(shot="SHOT-010").cells()
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_a_batch_keeps_at_most_its_concurrency_in_flight_and_reserves_takes_in_plan_order(
+        store: ProjectStore, monkeypatch: pytest.MonkeyPatch, slots: int) -> None:
+    monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", str(slots))
+    monkeypatch.delenv("STUDIO_RUNNER_MODE", raising=False)
+    project = store.create("P")
+    first = add_text_to_image(store, project.id, shot="SHOT_010")
+    second = add_text_to_image(store, project.id, shot="SHOT_020", x=300)
+    loaded = store.load(project.id)
+    nodes = [loaded.get_node(first), loaded.get_node(second)]
+    planned = plan_takes(nodes, 4, [11, 12, 13, 14], Sweep(), None)
+    lock = threading.Lock()
+    in_flight: list[int] = []
+    finished: set[str] = set()
+
+    def render(take: PlannedTake, job: TakeJob, task: object) -> TakeOutcome:
+        # Held until the batch has filled its slots (or reserved every take), as a slow render
+        # would be; every reserved take that has not ended is one in flight.
+        deadline = time.monotonic() + 20
+        while True:
+            with lock:
+                reserved = {t.id for n in store.load(project.id).nodes for t in n.takes}
+                now_in_flight = len(reserved - finished)
+            if now_in_flight >= slots or len(reserved) == len(planned) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        in_flight.append(now_in_flight)
+        with lock:
+            finished.add(job.take_id)
+        return TakeOutcome(take, "done", f"take{job.take_number:02d}", job.output_path)
+
+    done: list[int] = []
+    outcomes = _render_all(store, project.id, planned, Quality.standard,
+                           lambda index, outcome, seconds: done.append(index), render)
+
+    assert max(in_flight) == slots  # overlapped up to the limit, never beyond
+    assert [o.planned for o in outcomes] == planned and sorted(done) == list(range(8))
+    for node_id in (first, second):  # numbers follow the plan: take01 has the first seed
+        takes = store.load(project.id).get_node(node_id).takes
+        assert [(t.number, t.params["seed"]) for t in takes] == [(1, 11), (2, 12), (3, 13),
+                                                                 (4, 14)]
+
+
+def _unavailable() -> httpx.HTTPStatusError:
+    request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment-with-lease")
+    return httpx.HTTPStatusError("503 Service Unavailable", request=request,
+                                 response=httpx.Response(503, request=request))
+
+
+def test_a_take_whose_task_run_start_meets_a_locked_database_is_started_again(
+        store: ProjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+    from prefect.states import Completed
+
+    from flows.batch import _prepare, _render_one
+
+    monkeypatch.setattr("tasks.prefect_retry._pause", lambda attempt: 0.01)
+    project = store.create("P")
+    node_id = add_text_to_image(store, project.id)
+    node = store.load(project.id).get_node(node_id)
+    planned = plan_takes([node], 1, [5], Sweep(), None)[0]
+    job = _prepare(store, project.id, planned, Quality.standard)
+    assert isinstance(job, TakeJob)
+    calls: list[str] = []
+
+    def task(job: TakeJob, return_state: bool) -> object:
+        calls.append(job.take_id)
+        if len(calls) == 1:  # SQLite locked under the batch's burst, after Prefect's retries
+            raise ConcurrencySlotAcquisitionError("Unable to acquire concurrency slots") \
+                from _unavailable()
+        return Completed(data={"output_path": job.output_path, "take_id": job.take_id})
+
+    outcome = _render_one(planned, job, task, store)  # type: ignore[arg-type]
+
+    assert outcome.status == "done" and calls == [job.take_id, job.take_id]
+
+
+def test_a_take_prefect_gives_up_on_fails_alone_and_says_why(
+        store: ProjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.batch import _prepare, _render_one
+
+    monkeypatch.setenv("STUDIO_PREFECT_RETRY_SECONDS", "0")
+    project = store.create("P")
+    node_id = add_text_to_image(store, project.id)
+    planned = plan_takes([store.load(project.id).get_node(node_id)], 1, [5], Sweep(), None)[0]
+    job = _prepare(store, project.id, planned, Quality.standard)
+    assert isinstance(job, TakeJob)
+
+    def task(job: TakeJob, return_state: bool) -> object:
+        raise _unavailable()
+
+    outcome = _render_one(planned, job, task, store)  # type: ignore[arg-type]
+
+    assert outcome.status == "failed" and "503 Service Unavailable" in outcome.reason
+    [take] = store.load(project.id).get_node(node_id).takes
+    assert take.status == TakeStatus.failed and "503" in (take.error or "")
+
+
+def test_a_batch_concurrency_that_is_no_number_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.batch import batch_concurrency
+
+    monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", "four")
+    with pytest.raises(ValueError, match="STUDIO_BATCH_CONCURRENCY must be a whole number"):
+        batch_concurrency()
+    monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", "0")
+    assert batch_concurrency() == 1
+
+
+def test_a_batch_overlaps_takes_only_where_the_pipeline_lock_keeps_renders_one_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.batch import batch_concurrency
+
+    monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", "4")
+    monkeypatch.delenv("STUDIO_RUNNER_MODE", raising=False)
+    assert batch_concurrency() == 4  # in process: one pipeline, one lock
+    for mode in ("subprocess", "docker"):  # a runner per take: nothing would serialize them
+        monkeypatch.setenv("STUDIO_RUNNER_MODE", mode)
+        assert batch_concurrency() == 1
 
 
 def test_the_contact_sheet_is_a_grid_with_failed_cells_marked(tmp_path: Path) -> None:
