@@ -35,8 +35,9 @@ from studio.batch import (
     sweep_node,
     take_seeds,
 )
-from studio.jobs import TakeJob, prepare_take
+from studio.jobs import TakeJob
 from studio.manifest import Node
+from studio.prepare import prepare_take
 from studio.store import ProjectStore
 from studio.tiers import Quality
 from studio.workspace import RENDERS, Workspace

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from scripts.local_prefect import LocalPrefectServer
-from studio.jobs import prepare_take
+from studio.prepare import prepare_take
 from studio.store import ProjectStore
 from studio.takes import start_take
 from studio.tiers import Quality
