@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from studio.manifest import TakeStatus, save_project
-from tests.test_studio_manifest import add_take, odyssey
+from tests.factories import add_take, odyssey
 
 STUDIO = Path(sys.executable).parent / "studio"
 

@@ -25,7 +25,7 @@ from studio.takes import (
     take_path,
 )
 from studio.workspace import PathEscapeError, Workspace
-from tests.test_studio_manifest import odyssey
+from tests.factories import odyssey
 
 RENDERS = "03_Renders/SCENE_02/SHOT_015"
 
