@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from studio.manifest import (
     Asset,

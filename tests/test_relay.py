@@ -138,7 +138,8 @@ def test_news_of_a_take_after_it_ended_is_dropped(tmp_path: Path) -> None:
         await relay.handle(event(TakeProgress(**ids(take.id), progress=90)))
         await relay.handle(event(TakeStarted(**ids(take.id), attempt=2)))
 
-    assert kinds(sent_to_socket(store, script)) == ["server:task_success", "server:node_state_updated"]
+    assert kinds(sent_to_socket(store, script)) == ["server:task_success",
+                                                    "server:node_state_updated"]
 
 
 def test_a_start_says_generating_with_its_attempt_and_restarts_progress(tmp_path: Path) -> None:
@@ -151,7 +152,8 @@ def test_a_start_says_generating_with_its_attempt_and_restarts_progress(tmp_path
 
     sent = sent_to_socket(store, script)
 
-    assert kinds(sent) == ["server:task_progress", "server:node_state_updated", "server:task_progress"]
+    assert kinds(sent) == ["server:task_progress", "server:node_state_updated",
+                           "server:task_progress"]
     assert (sent[1]["payload"]["state"], sent[1]["payload"]["attempt"]) == ("generating", 2)
     assert sent[2]["payload"]["progress"] == 10
 
