@@ -34,7 +34,15 @@ from studio.jobs import TakeJob
 from studio.manifest import Take, TakeStatus
 from studio.store import ProjectStore
 from studio.take_events import TakeCancelled, TakeFailed, TakeQueued
-from studio.takes import TakeError, cancel_take, fail_take, retry_take, take_job
+from studio.takes import (
+    TakeError,
+    cancel_take,
+    claim_hand_out,
+    fail_take,
+    record_submission,
+    retry_take,
+    take_job,
+)
 from tasks.cancel import cancel_requested, clear_cancel
 from tasks.prefect_retry import aretry_transient
 from tasks.recovery import clear_leftovers, is_abandoned
@@ -252,21 +260,10 @@ class Reconciler:
         return take is not None and take.status == TakeStatus.queued
 
     def _claim(self, project_id: str, node_id: str, take: Take) -> bool:
-        with self.store.edit(project_id) as project:
-            node = project.get_node(node_id)
-            current = node.get_take(take.id) if node else None
-            if (current is None or current.status != TakeStatus.queued
-                    or current.hand_outs != take.hand_outs):
-                return False
-            current.hand_outs += 1
-        return True
+        return claim_hand_out(self.store, project_id, node_id, take)
 
     def _record_run(self, project_id: str, node_id: str, take_id: str, task_run_id: str) -> None:
-        with self.store.edit(project_id) as project:
-            node = project.get_node(node_id)
-            take = node.get_take(take_id) if node else None
-            if take is not None and take.status == TakeStatus.queued:
-                take.task_run_id = task_run_id
+        record_submission(self.store, project_id, node_id, take_id, task_run_id, again=True)
 
     async def _fail(self, project_id: str, node_id: str, take: Take, reason: str,
                     where: str) -> str | None:

@@ -128,13 +128,30 @@ def reserve_take(
 
 
 def record_submission(store: ProjectStore, project_id: str, node_id: str, take_id: str,
-                      task_run_id: str) -> None:
-    """A queued take was handed to Prefect as `task_run_id` (unless its worker was first)."""
+                      task_run_id: str, *, again: bool = False) -> None:
+    """A queued take was handed to Prefect as `task_run_id`. A first hand-out leaves a run id its
+    worker recorded first; handed out `again` (Prefect lost the first run), the new run replaces
+    the old while the take is still queued."""
     with store.edit(project_id) as project:
         node = project.get_node(node_id)
         take = node.get_take(take_id) if node else None
-        if take is not None and take.task_run_id is None:
+        if take is None:
+            return
+        if take.status == TakeStatus.queued if again else take.task_run_id is None:
             take.task_run_id = task_run_id
+
+
+def claim_hand_out(store: ProjectStore, project_id: str, node_id: str, take: Take) -> bool:
+    """Claim the next hand-out of a queued take as seen in `take`: of several API processes
+    reconciling at once, exactly one wins (the count moved on, or the take started: False)."""
+    with store.edit(project_id) as project:
+        node = project.get_node(node_id)
+        current = node.get_take(take.id) if node else None
+        if (current is None or current.status != TakeStatus.queued
+                or current.hand_outs != take.hand_outs):
+            return False
+        current.hand_outs += 1
+    return True
 
 
 def start_take(

@@ -14,6 +14,7 @@ from runners.env import container_path, host_path, runner_env
 from runners.registry import docker_strategy, strategy_for
 from runners.strategies import _container_name
 from studio.jobs import GenerationParams, TakeJob
+from studio.manifest import Shot
 from studio.tiers import TIERS, Quality
 
 
@@ -37,6 +38,7 @@ def test_a_path_outside_the_workspace_cannot_be_handed_to_a_container(tmp_path: 
 def _job() -> TakeJob:
     return TakeJob(
         project_id="Project_Odyssey", node_id="shot15", take_id="t1", take_number=4,
+        shot=Shot(scene="SCENE_01", shot="SHOT_015", version="v01"),
         output_path="03_Renders/SCENE_01/SHOT_015/SHOT-015_v01_take04.png",
         quality_requested=Quality.standard, quality_used=Quality.standard,
         pipeline_id="flux-dev-fp8",
