@@ -6,10 +6,8 @@ dispatcher of clicks and the reconciler; the lifespan runs the relay and reconci
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,55 +18,16 @@ from fastapi.staticfiles import StaticFiles
 
 from api import health, metrics, routes_assets, routes_projects, routes_takes, security, ws
 from api.auth import canvas_index
-from api.dispatcher import Dispatcher
-from api.hub import Hub
-from api.reconcile import Reconciler
-from api.relay import Relay
+from api.gateway import Gateway
 from api.settings import Settings
 from studio.graph import GraphError
-from studio.manifest import ManifestError, Project
+from studio.manifest import ManifestError
 from studio.nodes import UnknownNodeType
-from studio.store import ProjectNotFound, ProjectStore
+from studio.store import ProjectNotFound
 from studio.takes import TakeError
 from studio.workspace import PathEscapeError
 
 log = logging.getLogger(__name__)
-
-
-class Gateway:
-    """Everything one API process holds: settings, store, sockets, relay, dispatcher."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.store = ProjectStore(settings.workspace)
-        self.hub = Hub()
-        self.relay = Relay(self.store, self.hub)
-        self.dispatcher = Dispatcher(self.store, self.hub, self.relay)
-        self.reconciler = Reconciler(self.store, self.relay, interval=settings.reconcile_seconds)
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def load(self, project_id: str) -> Project:
-        return await asyncio.to_thread(self.store.load, project_id)
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """A background task the gateway keeps a reference to (and cancels at shutdown)."""
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def start(self) -> None:
-        self.settings.workspace.ensure()
-        self.spawn(self.relay.run())
-        self.spawn(self.reconciler.run())
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-        await self.hub.close_all()
 
 
 def _json_error(status: int, detail: str, **extra: Any) -> JSONResponse:

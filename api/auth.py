@@ -18,6 +18,8 @@ from pathlib import Path
 from fastapi import HTTPException, Request, Response, WebSocket
 from fastapi.responses import FileResponse, RedirectResponse
 
+from api.deps import settings_of
+
 SESSION_COOKIE = "studio_session"
 SESSION_SECONDS = 12 * 3600
 
@@ -72,7 +74,7 @@ def token_ok(expected: str | None, conn: Request | WebSocket) -> bool:
 
 def require_token(request: Request) -> None:
     """FastAPI dependency of every /api route."""
-    if not token_ok(request.app.state.settings.token, request):
+    if not token_ok(settings_of(request).token, request):
         raise HTTPException(
             status_code=401,
             detail="this API needs STUDIO_API_TOKEN: send `Authorization: Bearer <token>` "
@@ -94,7 +96,7 @@ def canvas_index(request: Request, index: Path) -> Response:
     """GET / : the canvas. With `?token=<the token>` it sets the session cookie and redirects
     to / without the token; anything else gets the page (whose API calls then say what is
     missing)."""
-    expected: str | None = request.app.state.settings.token
+    expected: str | None = settings_of(request).token
     given = request.query_params.get("token")
     if expected and given is not None and same_secret(given, expected):
         response: Response = RedirectResponse("/", status_code=303)

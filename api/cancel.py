@@ -15,12 +15,11 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelled
 
 from api.relay import Relay
-from studio.manifest import Take, TakeStatus, now
+from studio.manifest import Take, TakeStatus
 from studio.store import ProjectStore
-from studio.takes import TakeError
-from tasks import events
+from studio.take_events import TakeCancelled
+from studio.takes import TakeError, cancel_if_queued
 from tasks.cancel import request_cancel
-from tasks.events import take_resource
 
 
 class NoSuchTake(LookupError):
@@ -44,7 +43,7 @@ async def cancel_generation(store: ProjectStore, relay: Relay, project_id: str,
                         "take can be cancelled")
     await asyncio.to_thread(request_cancel, store.workspace.root, take_id)
     try:
-        take = await asyncio.to_thread(_cancel_if_queued, store, project_id, node_id, take_id)
+        take = await asyncio.to_thread(cancel_if_queued, store, project_id, node_id, take_id)
     except TakeError:
         return take  # it ended meanwhile
     if take.status != TakeStatus.cancelled:
@@ -55,27 +54,5 @@ async def cancel_generation(store: ProjectStore, relay: Relay, project_id: str,
                                             Cancelled(message="cancelled while queued"),
                                             force=True)
     await relay.announce_cancelled(project_id, node_id, take_id, take.task_run_id)
-    from api.reconcile import job_for  # one place rebuilds a take's job
-
-    event_id = uuid.uuid4()
-    relay.mark_seen(event_id)
-    events.emit_event(event=events.CANCELLED, id=event_id,
-                      resource=take_resource(job_for(project_id, node_id, take),
-                                             take.task_run_id))
+    relay.emit(TakeCancelled.of_take(project_id, node_id, take, take.task_run_id))
     return take
-
-
-def _cancel_if_queued(store: ProjectStore, project_id: str, node_id: str, take_id: str) -> Take:
-    """Under the project's lock: a queued take is cancelled; a generating one is left to its
-    worker (the flag is set)."""
-    with store.edit(project_id) as project:
-        node = project.get_node(node_id)
-        take = node.get_take(take_id) if node else None
-        if take is None:
-            raise TakeError(f"take {take_id} is gone")
-        if take.status == TakeStatus.queued:
-            take.status = TakeStatus.cancelled
-            take.finished_at = now()
-        elif take.status != TakeStatus.generating:
-            raise TakeError(f"take {take_id} is {take.status}")
-        return take.model_copy()

@@ -5,6 +5,9 @@ want of a worker: the take is reserved and handed to Prefect anyway, whose queue
 worker that connects later, and the node shows `queued` with its place in the tier's queue. A
 lower tier is used only as the project's fallback policy allows (api.tiers.choose_tier). The
 output path comes from the take reservation, never from the client.
+
+project.json is read twice per click: once to check the node, pick the tier and reserve the
+take (one locked edit), once to record the task run Prefect gave it.
 """
 
 from __future__ import annotations
@@ -12,23 +15,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Callable
-
-from prefect.events import emit_event
+from dataclasses import dataclass
 
 from api.hub import Hub, Message
 from api.messages import Error, QualityFallback, server_message
-from api.relay import QUEUED, Relay
-from api.tiers import Tiers, choose_tier
+from api.relay import Relay
+from api.tiers import Tiers, TierView, choose_tier
 from api.views import node_state_message
 from studio.graph import GraphError
-from studio.jobs import TakeJob, prepare_take
-from studio.manifest import ManifestError
+from studio.jobs import TakeJob
+from studio.manifest import ManifestError, Project
 from studio.nodes import TextToImage
+from studio.prepare import prepare_in
 from studio.store import ProjectNotFound, ProjectStore
+from studio.take_events import TakeQueued
+from studio.takes import record_submission
 from studio.tiers import Quality
-from tasks.events import take_resource
 from tasks.submit import submit_take
 
 log = logging.getLogger(__name__)
@@ -42,21 +45,40 @@ class Refused(Exception):
     """A click the server will not act on; its text goes back as server:error."""
 
 
-def emit_queued(relay: Relay, job: TakeJob, task_run_id: str, why: str) -> None:
-    """Tell the other API processes (through Prefect's event stream) that a take is queued;
-    this process has told its own sockets already, so its relay skips the event."""
-    event_id = uuid.uuid4()
-    relay.mark_seen(event_id)
-    emit_event(event=QUEUED, resource=take_resource(job, task_run_id), id=event_id,
-               payload={"why": why})
+@dataclass(frozen=True)
+class Reserved:
+    job: TakeJob
+    project: Project  # as saved with the take reserved
+    fallback: str | None  # why the take renders on a lower tier than asked, if it does
 
 
-def record_submission(store: ProjectStore, job: TakeJob, task_run_id: str) -> None:
-    with store.edit(job.project_id) as project:
-        node = project.get_node(job.node_id)
-        take = node.get_take(job.take_id) if node else None
-        if take is not None and take.task_run_id is None:  # the worker may have been first
-            take.task_run_id = task_run_id
+def reserve_click(store: ProjectStore, project_id: str, node_id: str,
+                  views: dict[Quality, TierView]) -> Reserved:
+    """Check the clicked node, pick its tier and reserve its take, in one locked edit of
+    project.json; raises Refused (and nothing is saved) for a click that cannot render."""
+    try:
+        with store.edit(project_id) as project:
+            node = project.get_node(node_id)
+            if node is None:
+                raise Refused(f"node {node_id!r} does not exist in project {project_id}")
+            if node.node_type != TextToImage.name:
+                raise Refused(f"node {node_id} is of type {node.node_type}; only "
+                              f"{TextToImage.name} nodes generate")
+            requested = project.quality
+            used, why = choose_tier(requested, project.fallback,
+                                    project.fallback_grace_seconds, views)
+            try:
+                job = prepare_in(project, store.project_dir(project_id), node_id,
+                                 quality_requested=requested, quality_used=used)
+            except (GraphError, ValueError) as exc:
+                raise Refused(f"node {node_id} cannot be generated: {exc}") from None
+    except ProjectNotFound:
+        raise Refused(f"project {project_id!r} does not exist") from None
+    except ManifestError as exc:
+        raise Refused(f"project {project_id!r} cannot be read: {exc}") from None
+    except GraphError as exc:  # the project as a whole, checked before it is saved
+        raise Refused(f"node {node_id} cannot be generated: {exc}") from None
+    return Reserved(job, project, why)
 
 
 class Dispatcher:
@@ -65,8 +87,10 @@ class Dispatcher:
         self.hub = hub
         self.relay = relay
         self.tiers: Tiers = relay.tiers
-        # Per tier, reservations are handed to Prefect one at a time, so the order of take
-        # numbers, of the queue shown and of Prefect's (FIFO) queue is the same.
+        # Per tier, reservations are handed to Prefect one at a time, in the order they were
+        # reserved, so the order of take numbers, of the queue shown and of Prefect's (FIFO)
+        # queue is the same.
+        self._reserving = asyncio.Lock()
         self._hand_out: dict[Quality, asyncio.Lock] = {q: asyncio.Lock() for q in Quality}
 
     async def start_generation(self, project_id: str, node_id: str, reply: Reply) -> str | None:
@@ -78,47 +102,41 @@ class Dispatcher:
             return None
 
     async def _start(self, project_id: str, node_id: str, reply: Reply) -> str | None:
-        try:
-            project = await asyncio.to_thread(self.store.load, project_id)
-        except ProjectNotFound:
-            raise Refused(f"project {project_id!r} does not exist") from None
-        except ManifestError as exc:
-            raise Refused(f"project {project_id!r} cannot be read: {exc}") from None
-        node = project.get_node(node_id)
-        if node is None:
-            raise Refused(f"node {node_id!r} does not exist in project {project_id}")
-        if node.node_type != TextToImage.name:
-            raise Refused(f"node {node_id} is of type {node.node_type}; only "
-                          f"{TextToImage.name} nodes generate")
-
-        requested = project.quality
         if not self.tiers.polled.is_set():  # a fresh API: one look at the workers first
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.tiers.polled.wait(), FIRST_POLL_SECONDS)
-        used, why = choose_tier(requested, project.fallback, project.fallback_grace_seconds,
-                                self.tiers.views())
-        if used != requested:
-            reply(server_message(QualityFallback(node_id=node_id, requested=requested,
-                                                 used=used, reason=why or "")))
+        async with self._reserving:
+            reserved = await asyncio.to_thread(reserve_click, self.store, project_id, node_id,
+                                               self.tiers.views())
+            hand_out = self._hand_out[reserved.job.quality_used]
+            # Joins its tier's line now, while no later reservation can get ahead of it.
+            turn = asyncio.ensure_future(hand_out.acquire())
+        try:
+            await turn
+            return await self._hand_out_take(reserved, reply)
+        finally:
+            if turn.done() and not turn.cancelled():
+                hand_out.release()
 
-        async with self._hand_out[used]:
-            try:
-                job = await asyncio.to_thread(prepare_take, self.store, project_id, node_id,
-                                              quality_requested=requested, quality_used=used)
-            except (GraphError, ManifestError, ValueError) as exc:
-                raise Refused(f"node {node_id} cannot be generated: {exc}") from None
-            self.relay.track(project_id, node_id, job.take_id)
-            self.relay.handing_out.add(job.take_id)
-            await self.tiers.enqueue(used, project_id, node_id, job.take_id)
-            place = self.relay.place(used, job.take_id)
+    async def _hand_out_take(self, reserved: Reserved, reply: Reply) -> str | None:
+        job = reserved.job
+        if reserved.fallback is not None:
+            reply(server_message(QualityFallback(
+                node_id=job.node_id, requested=job.quality_requested, used=job.quality_used,
+                reason=reserved.fallback)))
+        self.relay.track(job.project_id, job.node_id, job.take_id)
+        self.relay.handing_out.add(job.take_id)
+        try:
+            await self.tiers.enqueue(job.quality_used, job.project_id, job.node_id, job.take_id)
+            place = self.relay.place(job.quality_used, job.take_id)
 
             # The client sees the take queued (and where) before it is handed out, so this
             # message can never arrive after the worker's own "generating".
             async def queued() -> list[Message]:
-                latest = await asyncio.to_thread(self.store.load, project_id)
-                return node_state_message(latest, node_id, take_id=job.take_id, queue=place)
+                return node_state_message(reserved.project, job.node_id, take_id=job.take_id,
+                                          queue=place)
 
-            await self.hub.publish(project_id, queued)
+            await self.hub.publish(job.project_id, queued)
             try:
                 task_run_id = await asyncio.to_thread(self._submit, job)
             except Exception as exc:
@@ -126,12 +144,12 @@ class Dispatcher:
                 # reconciler hands it out once Prefect answers again. Nothing is lost.
                 log.warning("take %s reserved but not handed out yet: %s", job.take_id, exc)
                 return None
-            finally:
-                self.relay.handing_out.discard(job.take_id)
-        emit_queued(self.relay, job, task_run_id, "dispatch")
+        finally:
+            self.relay.handing_out.discard(job.take_id)
+        self.relay.emit(TakeQueued.of_job(job, task_run_id, why="dispatch"))
         return task_run_id
 
     def _submit(self, job: TakeJob) -> str:
         task_run_id = submit_take(job)  # ~0.15 s of HTTP: run in a thread
-        record_submission(self.store, job, task_run_id)
+        record_submission(self.store, job.project_id, job.node_id, job.take_id, task_run_id)
         return task_run_id

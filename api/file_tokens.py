@@ -6,12 +6,13 @@ from __future__ import annotations
 from fastapi import Request
 
 from api.auth import require_token
+from api.deps import settings_of
 from tasks.artifacts import SIGNATURE_PARAM, signature_ok
 
 
 def require_token_or_file_signature(request: Request) -> None:
     """Router dependency: the API token, or on the file route a valid, unexpired signature."""
-    secret = request.app.state.settings.token
+    secret = settings_of(request).token
     signature = request.query_params.get(SIGNATURE_PARAM)
     params = request.path_params
     # Only the file route has a `path` parameter: a signature opens nothing else.

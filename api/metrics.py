@@ -25,6 +25,7 @@ from prometheus_client.core import (
 )
 
 from api.auth import require_token
+from api.deps import store_of
 from studio.manifest import Project, TakeStatus
 from studio.tiers import Quality
 
@@ -105,7 +106,7 @@ async def _workers_per_tier() -> Counter[str]:
 
 
 async def snapshot(request: Request) -> Snapshot:
-    store = request.app.state.gateway.store
+    store = store_of(request)
     s = Snapshot()
     s.add_projects(await asyncio.to_thread(store.list))
     try:

@@ -25,33 +25,37 @@ from datetime import UTC, datetime
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
-from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Crashed, Scheduled
 
 from api.reconcile_rules import Action, Decision, Facts, Unknown, decide
-from api.relay import QUEUED, Relay
-from studio.jobs import GenerationParams, TakeJob
+from api.relay import Relay
+from studio.jobs import TakeJob
 from studio.manifest import Take, TakeStatus
 from studio.store import ProjectStore
-from studio.takes import TakeError, cancel_take, fail_take, retry_take
-from tasks import events
+from studio.take_events import TakeCancelled, TakeFailed, TakeQueued
+from studio.takes import (
+    TakeError,
+    cancel_take,
+    claim_hand_out,
+    fail_take,
+    record_submission,
+    retry_take,
+    take_job,
+)
 from tasks.cancel import cancel_requested, clear_cancel
-from tasks.events import take_resource
 from tasks.prefect_retry import aretry_transient
 from tasks.recovery import clear_leftovers, is_abandoned
 from tasks.submit import submit_take
 
 log = logging.getLogger(__name__)
 
-def job_for(project_id: str, node_id: str, take: Take) -> TakeJob:
-    """The job of a take already reserved, rebuilt from its manifest entry."""
-    return TakeJob(
-        project_id=project_id, node_id=node_id, take_id=take.id, take_number=take.number,
-        output_path=take.path, quality_requested=take.quality_requested,
-        quality_used=take.quality_used, pipeline_id=take.pipeline_id,
-        params=GenerationParams.model_validate(take.params),
-    )
+def job_for(store: ProjectStore, project_id: str, node_id: str, take: Take) -> TakeJob:
+    """The job of a take already reserved, rebuilt from its manifest entry and its node."""
+    node = store.load(project_id).get_node(node_id)
+    if node is None:
+        raise TakeError(f"project {project_id} has no node {node_id!r}")
+    return take_job(project_id, node, take)
 
 
 async def _task_run_state(task_run_id: str) -> State | None:
@@ -214,7 +218,7 @@ class Reconciler:
     async def _submit(self, project_id: str, node_id: str, take: Take, where: str, why: str,
                       attempt: int | None = None) -> str | None:
         try:
-            job = job_for(project_id, node_id, take)
+            job = await asyncio.to_thread(job_for, self.store, project_id, node_id, take)
             task_run_id = await asyncio.to_thread(submit_take, job)
         except Exception as exc:  # Prefect down: the take stays queued; the next pass tries
             log.info("reconcile: could not hand out %s: %s", where, exc)
@@ -232,7 +236,8 @@ class Reconciler:
         await self.relay.publish_state(project_id, node_id, take.id, task_run_id,
                                        place=self.relay.place(take.quality_used, take.id),
                                        attempt=attempt)
-        self._emit(QUEUED, project_id, node_id, take, task_run_id, why="requeued")
+        self.relay.emit(TakeQueued.of_take(project_id, node_id, take, task_run_id,
+                                           why="requeued"))
 
     async def _cancel(self, project_id: str, node_id: str, take: Take, reason: str,
                       where: str) -> str | None:
@@ -246,7 +251,7 @@ class Reconciler:
         if take.task_run_id:
             await _set_state(take.task_run_id, Cancelled(message=reason))
         await self.relay.announce_cancelled(project_id, node_id, take.id, take.task_run_id)
-        self._emit(events.CANCELLED, project_id, node_id, take, take.task_run_id)
+        self.relay.emit(TakeCancelled.of_take(project_id, node_id, take, take.task_run_id))
         return f"{where}: cancelled ({reason})"
 
     def _still_queued(self, project_id: str, node_id: str, take_id: str) -> bool:
@@ -255,21 +260,10 @@ class Reconciler:
         return take is not None and take.status == TakeStatus.queued
 
     def _claim(self, project_id: str, node_id: str, take: Take) -> bool:
-        with self.store.edit(project_id) as project:
-            node = project.get_node(node_id)
-            current = node.get_take(take.id) if node else None
-            if (current is None or current.status != TakeStatus.queued
-                    or current.hand_outs != take.hand_outs):
-                return False
-            current.hand_outs += 1
-        return True
+        return claim_hand_out(self.store, project_id, node_id, take)
 
     def _record_run(self, project_id: str, node_id: str, take_id: str, task_run_id: str) -> None:
-        with self.store.edit(project_id) as project:
-            node = project.get_node(node_id)
-            take = node.get_take(take_id) if node else None
-            if take is not None and take.status == TakeStatus.queued:
-                take.task_run_id = task_run_id
+        record_submission(self.store, project_id, node_id, take_id, task_run_id, again=True)
 
     async def _fail(self, project_id: str, node_id: str, take: Take, reason: str,
                     where: str) -> str | None:
@@ -285,17 +279,8 @@ class Reconciler:
                                reason: str) -> None:
         # Locally at once, and to the other API processes through the event stream.
         await self.relay.announce_failure(project_id, node_id, take.id, take.task_run_id, reason)
-        self._emit(events.FAILED, project_id, node_id, take, take.task_run_id, error=reason)
-
-    def _emit(self, name: str, project_id: str, node_id: str, take: Take,
-              task_run_id: str | None, **payload: str) -> None:
-        event_id = uuid.uuid4()
-        self.relay.mark_seen(event_id)
-        try:
-            emit_event(event=name, id=event_id, payload=payload,
-                       resource=take_resource(job_for(project_id, node_id, take), task_run_id))
-        except Exception as exc:  # Prefect down: the other processes re-sync from project.json
-            log.info("could not emit %s: %s", name, exc)
+        self.relay.emit(TakeFailed.of_take(project_id, node_id, take, take.task_run_id,
+                                           error=reason))
 
 
 def _stale_after() -> float:

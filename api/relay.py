@@ -29,14 +29,20 @@ from api.views import failed_message, node_state_message, success_message
 from studio.manifest import Project, TakeStatus
 from studio.nodes import NodeState
 from studio.store import ProjectNotFound, ProjectStore
+from studio.take_events import (
+    TakeCancelled,
+    TakeEvent,
+    TakeFailed,
+    TakeProgress,
+    TakeQueued,
+    TakeStarted,
+    TakeSucceeded,
+    parse,
+)
 from studio.tiers import Quality
 from tasks import events
 
 log = logging.getLogger(__name__)
-
-# Emitted by the gateway itself (dispatcher, reconciler) so that every API process hears of a
-# take queued by any of them; it matches the same "studio.take." prefix.
-QUEUED = events.PREFIX + "queued"
 
 TERMINAL = {TakeStatus.completed: "success", TakeStatus.failed: "failed",
             TakeStatus.cancelled: "cancelled"}
@@ -162,68 +168,63 @@ class Relay:
         self._seen[event.id] = True
         if event.occurred < self.started_at:  # the stream's backfill from before we started
             return
-        res = event.resource
-        project_id, node_id = res.get("studio.project"), res.get("studio.node")
-        take_id = res.get("studio.take")
-        if not (project_id and node_id and take_id):
-            return
-        task_id = res.get("studio.task-run") or None
-        name = event.event
-        payload = event.payload
+        typed = parse(event.event, dict(event.resource), event.payload)
+        if typed is not None:
+            await self.deliver(typed)
 
-        tier = _quality(res.get("studio.tier"))
-        if tier is not None and name != QUEUED:
-            self.tiers.touch(tier)
-        if name in (QUEUED, events.STARTED, events.PROGRESS):
+    async def deliver(self, event: TakeEvent) -> None:
+        """One take event -> the messages its project's sockets see."""
+        project_id, node_id, take_id = event.project_id, event.node_id, event.take_id
+        task_id, tier = event.task_run_id, event.tier
+        if tier is not None and not isinstance(event, TakeQueued):
+            self.tiers.touch(tier)  # a worker of the tier spoke
+        if isinstance(event, TakeQueued | TakeStarted | TakeProgress):
             if self.ended(take_id):
                 return  # late news of a take that already ended
             self.track(project_id, node_id, take_id)
 
-        if name == QUEUED:
-            if tier is not None:
-                await self.tiers.enqueue(tier, project_id, node_id, take_id)
-            await self.publish_state(project_id, node_id, take_id, task_id,
-                                     place=self.place(tier, take_id))
-        elif name == events.STARTED:
-            if tier is not None:
-                await self.tiers.started(tier, project_id, node_id, take_id)
-            attempt = payload.get("attempt")
-            self._progress.pop(take_id, None)  # a retry's progress starts again from 0
-            await self.publish_state(project_id, node_id, take_id, task_id,
-                                     state=NodeState.generating,
-                                     attempt=int(attempt) if attempt else None)
-        elif name == events.PROGRESS:
-            progress = int(payload.get("progress", 0))
-            if progress < self._progress.get(take_id, -1):
-                return  # progress only rises
-            self._progress[take_id] = progress
-            message = server_message(TaskProgress(
-                task_id=task_id or "", node_id=node_id, take_id=take_id, progress=progress,
-                step=str(payload.get("step", "")), preview_path=payload.get("preview_path"),
-            ))
-            await self.hub.publish(project_id, _const([message]))
-        elif name in (events.SUCCEEDED, events.FAILED, events.CANCELLED):
-            await self.tiers.ended(take_id)
-            await self._ended(name, project_id, node_id, take_id, task_id, res, payload)
+        match event:
+            case TakeQueued():
+                if tier is not None:
+                    await self.tiers.enqueue(tier, project_id, node_id, take_id)
+                await self.publish_state(project_id, node_id, take_id, task_id,
+                                         place=self.place(tier, take_id))
+            case TakeStarted(attempt=attempt):
+                if tier is not None:
+                    await self.tiers.started(tier, project_id, node_id, take_id)
+                self._progress.pop(take_id, None)  # a retry's progress starts again from 0
+                await self.publish_state(project_id, node_id, take_id, task_id,
+                                         state=NodeState.generating, attempt=attempt or None)
+            case TakeProgress(progress=progress, step=step, preview_path=preview):
+                if progress < self._progress.get(take_id, -1):
+                    return  # progress only rises
+                self._progress[take_id] = progress
+                message = server_message(TaskProgress(
+                    task_id=task_id or "", node_id=node_id, take_id=take_id, progress=progress,
+                    step=step, preview_path=preview))
+                await self.hub.publish(project_id, _const([message]))
+            case TakeSucceeded(output_path=output_path):
+                await self.tiers.ended(take_id)
+                if self._announce(take_id, "success"):
+                    result = success_message(node_id, take_id=take_id, task_id=task_id,
+                                             output_path=output_path,
+                                             take_number=event.take_number)
+                    await self._publish_with_state(project_id, node_id, [result], take_id,
+                                                   task_id)
+            case TakeFailed(error=error):
+                await self.announce_failure(project_id, node_id, take_id, task_id, error)
+            case TakeCancelled():
+                await self.announce_cancelled(project_id, node_id, take_id, task_id)
 
-    async def _ended(self, name: str, project_id: str, node_id: str, take_id: str,
-                     task_id: str | None, res: Any, payload: dict[str, Any]) -> None:
-        if name == events.SUCCEEDED:
-            if not self._announce(take_id, "success"):
-                return
-            number = res.get("studio.take-number")
-            result = success_message(node_id, take_id=take_id, task_id=task_id,
-                                     output_path=str(payload.get("output_path", "")),
-                                     take_number=int(number) if number else 0)
-            await self._publish_with_state(project_id, node_id, [result], take_id, task_id)
-        elif name == events.FAILED:
-            if not self._announce(take_id, "failed"):
-                return
-            error = str(payload.get("error", "the take failed"))
-            message = failed_message(node_id, error, take_id=take_id, task_id=task_id)
-            await self._publish_with_state(project_id, node_id, [message], take_id, task_id)
-        elif name == events.CANCELLED:
-            await self.announce_cancelled(project_id, node_id, take_id, task_id)
+    def emit(self, event: TakeEvent) -> None:
+        """Tell the other API processes (through Prefect's event stream) of a take event this
+        process decided and has told its own sockets already: its own relay skips it."""
+        event_id = uuid.uuid4()
+        self.mark_seen(event_id)
+        try:
+            events.emit(event, event_id)
+        except Exception as exc:  # Prefect down: the other processes re-sync from project.json
+            log.info("could not emit %s: %s", event.name, exc)
 
     async def announce_cancelled(self, project_id: str, node_id: str, take_id: str,
                                  task_id: str | None) -> None:
@@ -387,13 +388,6 @@ class Relay:
             return messages
 
         await self.hub.publish(project_id, build)
-
-
-def _quality(raw: str | None) -> Quality | None:
-    try:
-        return Quality(raw) if raw else None
-    except ValueError:
-        return None
 
 
 def _const(messages: list[Message]) -> Callable[[], Awaitable[list[Message]]]:

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from api.auth import require_token
+from api.deps import Store
 from studio.manifest import Asset, ManifestError, Project
 from studio.nodes import AssetKind, node_type
 from studio.store import ProjectNotFound, ProjectStore
@@ -87,13 +88,6 @@ class LoraFile(BaseModel):
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def store_of(request: Request) -> ProjectStore:
-    return request.app.state.gateway.store
-
-
-Store = Annotated[ProjectStore, Depends(store_of)]
 
 
 def _where_loras_go(workspace: Workspace) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.responses import FileResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from api.deps import Store
 from api.file_tokens import require_token_or_file_signature
 from api.messages import protocol_schema
 from api.views import IN_FLIGHT
@@ -26,7 +27,6 @@ from studio.manifest import (
     new_node,
 )
 from studio.nodes import NodeState, node_type, node_types_schema
-from studio.store import ProjectStore
 from studio.takes import set_active_take
 from studio.tiers import FallbackPolicy, Quality
 from studio.workspace import MAX_NAME_CHARS, check_project_name, safe_path
@@ -158,13 +158,6 @@ def project_out(project: Project) -> ProjectOut:
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def store_of(request: Request) -> ProjectStore:
-    return request.app.state.gateway.store
-
-
-Store = Annotated[ProjectStore, Depends(store_of)]
 
 
 def _node(project: Project, node_id: str) -> Node:

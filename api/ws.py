@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from api.auth import token_ok
 from api.cancel import NoSuchTake, cancel_generation
+from api.deps import gateway_of
 from api.hub import Client, Message
 from api.messages import (
     ClientCancelGeneration,
@@ -56,7 +57,7 @@ def parse(raw: str) -> ClientStartGeneration | ClientCancelGeneration | Message:
 
 @router.websocket("/ws/{project_id}")
 async def project_socket(websocket: WebSocket, project_id: str) -> None:
-    gateway = websocket.app.state.gateway
+    gateway = gateway_of(websocket)
     await websocket.accept()
     if not token_ok(gateway.settings.token, websocket):
         # Accepted first so the client sees the close code, not a bare HTTP 403.

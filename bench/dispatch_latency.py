@@ -59,7 +59,7 @@ def main() -> None:
     from prefect.deployments import run_deployment
 
     from deployments.pools import ensure_pools
-    from studio.jobs import prepare_take
+    from studio.prepare import prepare_take
     from studio.store import ProjectStore
     from studio.tiers import Quality
     from tasks.submit import submit_take

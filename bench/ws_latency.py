@@ -69,8 +69,9 @@ async def baseline(project_id: str, node_id: str, runs: int) -> dict[str, list[f
     from prefect.events.clients import get_events_subscriber
     from prefect.events.filters import EventFilter, EventNameFilter
 
-    from studio.jobs import prepare_take
+    from studio.prepare import prepare_take
     from studio.store import ProjectStore
+    from studio.take_events import TakeFailed, TakeStarted, TakeSucceeded, parse
     from studio.tiers import Quality
     from tasks import events
     from tasks.submit import submit_take
@@ -86,15 +87,16 @@ async def baseline(project_id: str, node_id: str, runs: int) -> dict[str, list[f
                                           quality_requested=quality, quality_used=quality)
             await asyncio.to_thread(submit_take, job)
             async for event in subscriber:
-                if event.resource.get("studio.take") != job.take_id:
+                typed = parse(event.event, dict(event.resource), event.payload)
+                if typed is None or typed.take_id != job.take_id:
                     continue
-                if event.event == events.STARTED:
+                if isinstance(typed, TakeStarted):
                     started.append(time.perf_counter() - t0)
-                elif event.event == events.SUCCEEDED:
+                elif isinstance(typed, TakeSucceeded):
                     succeeded.append(time.perf_counter() - t0)
                     break
-                elif event.event == events.FAILED:
-                    raise SystemExit(f"the baseline take failed: {event.payload}")
+                elif isinstance(typed, TakeFailed):
+                    raise SystemExit(f"the baseline take failed: {typed.error}")
     return {"submit -> studio.take.started event": started,
             "submit -> studio.take.succeeded event": succeeded}
 

@@ -41,8 +41,9 @@ from studio.batch import (
     sweep_node,
     take_seeds,
 )
-from studio.jobs import TakeJob, prepare_take
+from studio.jobs import TakeJob
 from studio.manifest import Node
+from studio.prepare import prepare_take
 from studio.store import ProjectStore
 from studio.takes import TakeError, fail_take
 from studio.tiers import Quality

@@ -15,8 +15,8 @@ from prefect.cache_policies import NO_CACHE
 
 from studio.batch import BatchQuality, find_node, find_project
 from studio.graph import execution_plan, fingerprint, node_state
-from studio.jobs import prepare_take
 from studio.nodes import NodeState
+from studio.prepare import prepare_take
 from studio.store import ProjectStore
 from studio.tiers import Quality
 from studio.workspace import Workspace

@@ -52,7 +52,7 @@ version() {  # gms-flux:1.0-standard -> 1.0-standard
 # What the images are built from: an image labelled with the same hash is current (a cached
 # rebuild still hashes the 300 MB context: minutes on a busy machine).
 source_hash=$( { cat runners/flux/Dockerfile "$WH/studio-lock.txt" "$WH/.stamp" pyproject.toml \
-  prefect.yaml; find studio runners tasks flows api deployments -name '*.py' -print0 \
+  prefect.yaml; find studio cli runners tasks flows api deployments -name '*.py' -print0 \
   | sort -z | xargs -0 cat; } | sha256sum | cut -c1-16)
 
 build() {  # target tier tag

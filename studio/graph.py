@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from studio.jobs import GenerationParams, LoraRef
 from studio.manifest import Edge, Node, Project, TakeStatus
 from studio.nodes import MAX_SEED, NodeState, TextToImage, TextToImageParams, node_type
+from studio.params import GenerationParams, LoraRef
 from studio.sockets import can_connect
 
 
@@ -283,8 +283,6 @@ def to_generation_params(
     """The job's parameters, with a concrete seed: `seed`, else the node's, else a random one."""
     if seed is None:
         seed = resolved.seed if resolved.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed {seed} is outside 0..{MAX_SEED}")
     return GenerationParams(**resolved.model_dump(exclude={"seed"}), seed=seed)
 
 
@@ -296,9 +294,7 @@ def fingerprint(project: Project, node_id: str) -> str:
     """
     node = _node(project, node_id)
     if node.node_type == TextToImage.name:
-        data = resolve_inputs(project, node_id).model_dump(mode="json")
-        if data["seed"] is None:
-            del data["seed"]
+        return resolved_fingerprint(resolve_inputs(project, node_id))
     else:
         data = {
             "node_type": node.node_type,
@@ -309,6 +305,18 @@ def fingerprint(project: Project, node_id: str) -> str:
                 if e.target == node_id
             },
         }
+    return _digest(data)
+
+
+def resolved_fingerprint(resolved: ResolvedTextToImage) -> str:
+    """`fingerprint` of a Text-to-Image node already resolved (a random seed left out)."""
+    data = resolved.model_dump(mode="json")
+    if data["seed"] is None:
+        del data["seed"]
+    return _digest(data)
+
+
+def _digest(data: object) -> str:
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -25,8 +25,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from studio.jobs import GenerationParams
 from studio.nodes import AssetId, AssetKind, ParamsBase, UnknownNodeType, node_type
+from studio.params import GenerationParams
 from studio.tiers import FallbackPolicy, Quality
 from studio.workspace import PROJECT_ID_RE, check_relative
 

@@ -46,6 +46,15 @@ SIDE_MAX = 2048
 SIDE_MULTIPLE = 16
 MAX_PIXELS = 4_000_000
 
+
+def negative_prompt_problem(negative_prompt: str, cfg_scale: float) -> str | None:
+    """A negative prompt acts only through true CFG (scale > 1): below that it would be
+    silently ignored, so it is refused (the runner's own guidance rule, runners/flux/tiers.py)."""
+    if negative_prompt.strip() and not cfg_scale > 1.0:
+        return (f"a negative prompt needs CFG scale > 1 (true CFG); it is {cfg_scale:g}: "
+                "raise CFG scale or clear the negative prompt")
+    return None
+
 # Multiples of 16 near 1 MP, the size FLUX is trained around.
 ASPECT_PRESETS: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),

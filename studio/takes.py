@@ -1,15 +1,20 @@
-"""Takes: their deterministic names, and their life (reserve, start, complete or fail, select).
+"""Takes: their deterministic names, and every transition of their life.
 
-Every change goes through `ProjectStore.edit`, so it happens under the project's lock.
+reserve -> queued (handed to Prefect: `record_submission`) -> generating (`start_take`) ->
+completed | failed | cancelled; a generating take whose worker died is re-queued (`retry_take`).
+Every change goes through `ProjectStore.edit`, so it happens under the project's lock; `reserve`
+works on a project already being edited, so a click reads project.json once.
 """
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
-from studio.jobs import GenerationParams
+from studio.jobs import TakeJob
 from studio.manifest import Node, Project, Shot, Take, TakeStatus, now
+from studio.params import GenerationParams
 from studio.store import ProjectStore
 from studio.tiers import Quality
 from studio.workspace import RENDERS, safe_path
@@ -50,6 +55,57 @@ def _take(project: Project, node_id: str, take_id: str) -> tuple[Node, Take]:
     return node, take
 
 
+def take_job(project_id: str, node: Node, take: Take) -> TakeJob:
+    """The job of a reserved take, from its manifest entry and its node's shot."""
+    if node.shot is None:
+        raise TakeError(f"node {node.id} is a {node.node_type} node; it has no takes")
+    return TakeJob(
+        project_id=project_id, node_id=node.id, take_id=take.id, shot=node.shot,
+        take_number=take.number, output_path=take.path,
+        quality_requested=take.quality_requested, quality_used=take.quality_used,
+        pipeline_id=take.pipeline_id, params=GenerationParams.model_validate(take.params),
+    )
+
+
+def reserve(
+    project: Project,
+    project_dir: Path,
+    node_id: str,
+    *,
+    quality_requested: Quality | str,
+    quality_used: Quality | str,
+    pipeline_id: str,
+    params: GenerationParams,
+    fingerprint: str,
+) -> TakeJob:
+    """Allocate the node's next take number and path in `project` (being edited under its lock)
+    and record the take as queued; returns its job.
+
+    The number is past every take in the manifest and skips any file already on disk (e.g. left
+    by a take the manifest lost), so no render is ever overwritten.
+    """
+    node = _node(project, node_id)
+    assert node.shot is not None
+    number = max((t.number for t in node.takes), default=0) + 1
+    while safe_path(project_dir, take_path(node.shot, number)).exists():
+        number += 1
+    path = take_path(node.shot, number)
+    safe_path(project_dir, path).parent.mkdir(parents=True, exist_ok=True)
+    take = Take(
+        id=str(uuid.uuid4()),
+        number=number,
+        path=path,
+        params=params.model_dump(mode="json"),
+        fingerprint=fingerprint,
+        pipeline_id=pipeline_id,
+        quality_requested=Quality(quality_requested),
+        quality_used=Quality(quality_used),
+        created_at=now(),
+    )
+    node.takes.append(take)
+    return take_job(project.id, node, take)
+
+
 def reserve_take(
     store: ProjectStore,
     project_id: str,
@@ -61,33 +117,41 @@ def reserve_take(
     params: GenerationParams | dict[str, Any],
     fingerprint: str,
 ) -> Take:
-    """Allocate the node's next take number and path and record the take as queued.
-
-    Under the lock the number is past every take in the manifest and skips any file already on
-    disk (e.g. left by a take the manifest lost), so no render is ever overwritten.
-    """
+    """`reserve` in its own locked edit; returns the take as recorded."""
     with store.edit(project_id) as project:
-        node = _node(project, node_id)
-        assert node.shot is not None
-        project_dir = store.project_dir(project_id)
-        number = max((t.number for t in node.takes), default=0) + 1
-        while safe_path(project_dir, take_path(node.shot, number)).exists():
-            number += 1
-        path = take_path(node.shot, number)
-        safe_path(project_dir, path).parent.mkdir(parents=True, exist_ok=True)
-        take = Take(
-            id=str(uuid.uuid4()),
-            number=number,
-            path=path,
-            params=GenerationParams.model_validate(params).model_dump(mode="json"),
-            fingerprint=fingerprint,
-            pipeline_id=pipeline_id,
-            quality_requested=Quality(quality_requested),
-            quality_used=Quality(quality_used),
-            created_at=now(),
-        )
-        node.takes.append(take)
+        job = reserve(project, store.project_dir(project_id), node_id,
+                      quality_requested=quality_requested, quality_used=quality_used,
+                      pipeline_id=pipeline_id, params=GenerationParams.model_validate(params),
+                      fingerprint=fingerprint)
+        _, take = _take(project, node_id, job.take_id)
     return take
+
+
+def record_submission(store: ProjectStore, project_id: str, node_id: str, take_id: str,
+                      task_run_id: str, *, again: bool = False) -> None:
+    """A queued take was handed to Prefect as `task_run_id`. A first hand-out leaves a run id its
+    worker recorded first; handed out `again` (Prefect lost the first run), the new run replaces
+    the old while the take is still queued."""
+    with store.edit(project_id) as project:
+        node = project.get_node(node_id)
+        take = node.get_take(take_id) if node else None
+        if take is None:
+            return
+        if take.status == TakeStatus.queued if again else take.task_run_id is None:
+            take.task_run_id = task_run_id
+
+
+def claim_hand_out(store: ProjectStore, project_id: str, node_id: str, take: Take) -> bool:
+    """Claim the next hand-out of a queued take as seen in `take`: of several API processes
+    reconciling at once, exactly one wins (the count moved on, or the take started: False)."""
+    with store.edit(project_id) as project:
+        node = project.get_node(node_id)
+        current = node.get_take(take.id) if node else None
+        if (current is None or current.status != TakeStatus.queued
+                or current.hand_outs != take.hand_outs):
+            return False
+        current.hand_outs += 1
+    return True
 
 
 def start_take(
@@ -168,6 +232,20 @@ def cancel_take(store: ProjectStore, project_id: str, node_id: str, take_id: str
         take.finished_at = now()
         take.error = None
     return take
+
+
+def cancel_if_queued(store: ProjectStore, project_id: str, node_id: str, take_id: str) -> Take:
+    """A queued take is cancelled at once; a generating one is left to its worker (which stops
+    at its next step, having been asked). Returns a copy of the take as it now is."""
+    with store.edit(project_id) as project:
+        _, take = _take(project, node_id, take_id)
+        if take.status == TakeStatus.queued:
+            take.status = TakeStatus.cancelled
+            take.finished_at = now()
+        elif take.status != TakeStatus.generating:
+            raise TakeError(f"take {take.number} of node {node_id} is {take.status}; only a "
+                            "queued or generating take can be cancelled", take.status)
+        return take.model_copy()
 
 
 def retry_take(store: ProjectStore, project_id: str, node_id: str, take_id: str) -> Take:

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import os
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -74,8 +73,7 @@ def slug(text: str) -> str:
 
 def take_key(job: TakeJob) -> str:
     """`take-project-odyssey-shot-015`: a shot's takes are versions of one artifact in the UI."""
-    shot = Path(job.output_path).parent.name
-    return f"take-{slug(job.project_id)}-{slug(shot)}"
+    return f"take-{slug(job.project_id)}-{slug(job.shot.shot)}"
 
 
 def batch_key(project_id: str, kind: str) -> str:

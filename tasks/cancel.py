@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-class TakeCancelled(Exception):
+class CancelRequested(Exception):
     """Raised from the progress callback: the runner unwinds and writes no file."""
 
 

@@ -1,38 +1,17 @@
-"""The project's own Prefect events: a take's start, progress, success and failure.
-
-Background task runs carry no related resources, so every event names its project, node, take
-and tier itself, as labels of its resource; any process can follow a take with an
-`any_resource` filter on those labels.
-"""
+"""The one place a take's event is emitted to Prefect's event stream (the types, their labels
+and their parser: studio/take_events.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
 
 from prefect.events import emit_event
 
-from studio.jobs import TakeJob
+from studio.take_events import PREFIX, TakeEvent
 
-PREFIX = "studio.take."
-STARTED = PREFIX + "started"
-PROGRESS = PREFIX + "progress"
-SUCCEEDED = PREFIX + "succeeded"
-FAILED = PREFIX + "failed"
-CANCELLED = PREFIX + "cancelled"
+__all__ = ["PREFIX", "emit"]
 
 
-def take_resource(job: TakeJob, task_run_id: str | None) -> dict[str, str]:
-    return {
-        "prefect.resource.id": f"studio.take.{job.take_id}",
-        "prefect.resource.name": f"{job.project_id} · {job.node_id} · take{job.take_number:02d}",
-        "studio.project": job.project_id,
-        "studio.node": job.node_id,
-        "studio.take": job.take_id,
-        "studio.take-number": str(job.take_number),
-        "studio.tier": job.quality_used.value,
-        "studio.task-run": task_run_id or "",
-    }
-
-
-def emit(name: str, job: TakeJob, task_run_id: str | None, **payload: Any) -> None:
-    emit_event(event=name, resource=take_resource(job, task_run_id), payload=payload)
+def emit(event: TakeEvent, event_id: uuid.UUID | None = None) -> None:
+    name, resource, payload = event.wire()
+    emit_event(event=name, resource=resource, payload=payload, id=event_id or uuid.uuid4())

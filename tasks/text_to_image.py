@@ -26,11 +26,12 @@ from runners.take_request import take_request
 from studio.jobs import TakeJob
 from studio.manifest import TakeStatus
 from studio.store import ProjectStore
+from studio.take_events import TakeCancelled, TakeFailed, TakeProgress, TakeStarted, TakeSucceeded
 from studio.takes import TakeError, cancel_take, complete_take, fail_take, start_take
 from studio.tiers import TIERS, Quality
 from studio.workspace import Workspace
 from tasks import artifacts, events
-from tasks.cancel import TakeCancelled, cancel_requested, clear_cancel
+from tasks.cancel import CancelRequested, cancel_requested, clear_cancel
 from tasks.leases import STALE_AFTER_SECONDS, Lease, holder_gone, lease_age
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,14 @@ log = logging.getLogger(__name__)
 
 def take_label(job: TakeJob) -> str:
     """`Project_Odyssey · SHOT-015 · v01 · take04`: readable run names in the Prefect UI."""
-    return " · ".join([job.project_id, *Path(job.output_path).stem.split("_")])
+    return job.label()
 
 
 def take_tags(job: TakeJob) -> list[str]:
-    shot = Path(job.output_path).parent.name
     return [
         f"project:{job.project_id}",
         f"node:{job.node_id}",
-        f"shot:{shot}",
+        f"shot:{job.shot.shot}",
         f"quality:{job.quality_used.value}",
     ]
 
@@ -98,7 +98,7 @@ def _fail(store: ProjectStore, job: TakeJob, task_run_id: str | None, message: s
         fail_take(store, job.project_id, job.node_id, job.take_id, message)
     except (TakeError, LookupError, ValueError) as exc:  # project or take gone: still tell
         log.warning("could not record the failure of %s: %s", job.take_id, exc)
-    events.emit(events.FAILED, job, task_run_id, error=message)
+    events.emit(TakeFailed.of_job(job, task_run_id, error=message))
 
 
 def _cancelled(store: ProjectStore, job: TakeJob, task_run_id: str | None,
@@ -111,7 +111,7 @@ def _cancelled(store: ProjectStore, job: TakeJob, task_run_id: str | None,
     except (TakeError, LookupError, ValueError) as exc:
         log.warning("could not record the cancel of %s: %s", job.take_id, exc)
     clear_cancel(store.workspace.root, job.take_id)
-    events.emit(events.CANCELLED, job, task_run_id)
+    events.emit(TakeCancelled.of_job(job, task_run_id))
     return Cancelled(message=f"{take_label(job)} was cancelled")
 
 
@@ -136,12 +136,12 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State
     def on_progress(percent: int, step: str, preview_path: str | None) -> None:
         # Called between denoising steps: the runner unwinds and writes nothing.
         if cancel_requested(workspace.root, job.take_id):
-            raise TakeCancelled(job.take_id)
+            raise CancelRequested(job.take_id)
         preview = None
         if preview_path:
             preview = Path(preview_path).resolve().relative_to(project_dir.resolve()).as_posix()
-        events.emit(events.PROGRESS, job, task_run_id,
-                    progress=percent, step=step, preview_path=preview)
+        events.emit(TakeProgress.of_job(job, task_run_id, progress=percent, step=step,
+                                        preview_path=preview))
 
     started = time.perf_counter()
     output = project_dir / job.output_path
@@ -162,7 +162,7 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State
                 return Cancelled(message=f"{take_label(job)} was cancelled before it started")
             return {**result_of, "skipped": str(exc)}
         try:
-            events.emit(events.STARTED, job, task_run_id, attempt=take.attempts)
+            events.emit(TakeStarted.of_job(job, task_run_id, attempt=take.attempts))
             strategy = strategy_for(job.pipeline_id, mode)
             request = take_request(job, workspace_root=workspace.root, project_dir=project_dir)
             try:
@@ -182,13 +182,13 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State
             _fail(store, job, task_run_id, message)
             raise RunnerFailed(message, exc.exit_code) from exc
         except BaseException as exc:  # a bug or an interrupt must not leave it "generating"
-            if isinstance(exc, TakeCancelled):
+            if isinstance(exc, CancelRequested):
                 return _cancelled(store, job, task_run_id, output)
             _fail(store, job, task_run_id, f"{type(exc).__name__}: {exc}")
             raise
 
     _record_artifacts(job, result.seed, timings)
-    events.emit(events.SUCCEEDED, job, task_run_id, output_path=job.output_path)
+    events.emit(TakeSucceeded.of_job(job, task_run_id, output_path=job.output_path))
     return {
         **result_of,
         "seed": result.seed if result.seed is not None else job.params.seed,

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from scripts.local_prefect import LocalPrefectServer
-from studio.jobs import prepare_take
+from studio.prepare import prepare_take
 from studio.store import ProjectStore
 from studio.takes import start_take
 from studio.tiers import Quality
@@ -274,3 +274,27 @@ def test_the_files_route_never_serves_outside_the_project(http: httpx.Client,
     link.symlink_to(outside)
     assert http.get(f"/api/projects/{project_id}/files/link.txt").status_code == 400
     assert http.get(f"/api/projects/{project_id}/files/project.json").status_code == 200
+
+
+@pytest.mark.parametrize(("params", "reason"), [
+    ({"negative_prompt": "blurry", "cfg_scale": 1.0}, "a negative prompt needs CFG scale > 1"),
+    ({"prompt": "   "}, "the prompt is empty"),
+], ids=["negative prompt without true CFG", "empty prompt"])
+def test_a_click_the_runner_would_refuse_gets_a_server_error_and_reserves_no_take(
+        api: ApiServer, http: httpx.Client, params: dict[str, object], reason: str) -> None:
+    project_id = new_project(http, "Refused at the click")
+    t2i = add_t2i(http, project_id)
+    assert http.patch(f"/api/projects/{project_id}/nodes/{t2i}",
+                      json={"params": params}).status_code == 200
+    socket = api.socket(project_id)
+
+    socket.click(t2i)
+    got = socket.until(is_("error"), timeout=20, what="the click to be refused")
+
+    [error] = of_type("error", got)
+    assert error["request_type"] == "client:start_generation"
+    assert error["reason"].startswith(f"node {t2i} cannot be generated: ")
+    assert reason in error["reason"]
+    assert not of_type("node_state_updated", got + socket.quiet_for(1.0))
+    assert http.get(f"/api/projects/{project_id}/nodes/{t2i}/takes").json() == []
+    socket.close()

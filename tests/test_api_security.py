@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 from api.auth import SESSION_COOKIE, session_value
 from scripts.local_prefect import LocalPrefectServer, free_port
-from studio.jobs import prepare_take
+from studio.prepare import prepare_take
 from studio.store import ProjectStore
 from studio.tiers import Quality
 from tests.api_helpers import ApiServer, add_t2i, new_project, of_type

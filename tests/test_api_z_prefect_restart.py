@@ -20,7 +20,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from scripts.local_prefect import LocalPrefectServer
-from studio.jobs import prepare_take
+from studio.prepare import prepare_take
 from studio.store import ProjectStore
 from studio.tiers import Quality
 from tasks.submit import submit_take

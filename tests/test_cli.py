@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from studio.manifest import TakeStatus, save_project
-from tests.test_studio_manifest import add_take, odyssey
+from tests.factories import add_take, odyssey
 
 STUDIO = Path(sys.executable).parent / "studio"
 
@@ -151,7 +151,7 @@ def test_new_project_refuses_an_unknown_quality(tmp_path: Path) -> None:
 
 def test_the_domain_loads_without_prefect_fastapi_or_torch() -> None:
     probe = (
-        "import sys, studio.cli, studio.takes; "
+        "import sys, cli.app, studio.prepare, studio.takes; "
         "print(sorted({'prefect', 'fastapi', 'torch'} & sys.modules.keys()))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)

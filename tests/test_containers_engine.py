@@ -24,8 +24,9 @@ from runners.registry import docker_strategy
 from runners.strategies import RunnerFailed
 from runners.take_request import take_request
 from scripts.local_prefect import LocalPrefectServer
-from studio.jobs import LoraRef, prepare_take
+from studio.jobs import LoraRef
 from studio.manifest import TakeStatus
+from studio.prepare import prepare_take
 from studio.store import ProjectStore
 from studio.tiers import TIERS, Quality
 from studio.workspace import Workspace

@@ -16,6 +16,7 @@ from runners.registry import docker_strategy
 from runners.strategies import container_name
 from runners.take_request import take_request
 from studio.jobs import GenerationParams, TakeJob
+from studio.manifest import Shot
 from studio.tiers import TIERS, Quality
 
 
@@ -40,6 +41,7 @@ def test_a_path_outside_the_workspace_cannot_be_handed_to_a_container(tmp_path: 
 def _job() -> TakeJob:
     return TakeJob(
         project_id="Project_Odyssey", node_id="shot15", take_id="t1", take_number=4,
+        shot=Shot(scene="SCENE_01", shot="SHOT_015", version="v01"),
         output_path="03_Renders/SCENE_01/SHOT_015/SHOT-015_v01_take04.png",
         quality_requested=Quality.standard, quality_used=Quality.standard,
         pipeline_id="flux-dev-fp8",

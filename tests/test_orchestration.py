@@ -20,8 +20,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.objects import StateType
 
 from scripts.local_prefect import LocalPrefectServer
-from studio.jobs import LoraRef, prepare_take
+from studio.jobs import LoraRef
 from studio.manifest import Edge, TakeStatus, new_id, new_node
+from studio.prepare import prepare_take
 from studio.store import ProjectStore
 from studio.tiers import Quality
 from studio.workspace import Workspace

@@ -20,7 +20,7 @@ from studio.jobs import LoraRef
 from studio.manifest import Edge, Project, Shot, TakeStatus, new_node
 from studio.nodes import NODE_TYPES, NodeState, NodeType, SocketSpec, StringParams
 from studio.sockets import SocketType
-from tests.test_studio_manifest import STYLE_ID, add_take, odyssey
+from tests.factories import STYLE_ID, add_take, odyssey
 
 
 def messages(project: Project) -> list[str]:

@@ -1,6 +1,6 @@
 """project.json: validation messages, migration, atomic and crash-safe saving.
 
-`odyssey()` and `add_take()` build the sample project the other studio tests share.
+The sample project the studio tests share is built in tests/factories.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,117 +18,15 @@ import pytest
 
 from studio.manifest import (
     SCHEMA_VERSION,
-    Asset,
     Edge,
     ManifestError,
     Project,
     Shot,
-    Take,
     TakeStatus,
     load_project,
-    new_node,
-    now,
     save_project,
 )
-
-CHARACTER_ID = "5d1d5b0e-2f0c-4c51-9d43-6a8f0e1a0001"
-STYLE_ID = "5d1d5b0e-2f0c-4c51-9d43-6a8f0e1a0002"
-
-
-def odyssey() -> Project:
-    """Two strings, a character and a style wired into one Text-to-Image node (5 nodes, 4 edges)."""
-    return Project(
-        id="Project_Odyssey",
-        name="Project Odyssey",
-        nodes=[
-            new_node("string", node_id="prompt", params={"value": "a lone astronaut, red desert"}),
-            new_node("string", node_id="negative", params={"value": "cartoon"}),
-            new_node("character", node_id="alex", params={"asset_id": CHARACTER_ID}),
-            new_node("style", node_id="noir", params={"asset_id": STYLE_ID}),
-            new_node(
-                "text_to_image",
-                node_id="shot15",
-                params={"prompt": "typed on the node", "seed": 42},
-                shot=Shot(scene="SCENE_02", shot="SHOT_015", version="v01"),
-            ),
-        ],
-        edges=[
-            Edge(
-                id="e1",
-                source="prompt",
-                source_socket="value",
-                target="shot15",
-                target_socket="prompt",
-            ),
-            Edge(
-                id="e2",
-                source="negative",
-                source_socket="value",
-                target="shot15",
-                target_socket="negative_prompt",
-            ),
-            Edge(
-                id="e3",
-                source="alex",
-                source_socket="asset",
-                target="shot15",
-                target_socket="character",
-            ),
-            Edge(
-                id="e4",
-                source="noir",
-                source_socket="asset",
-                target="shot15",
-                target_socket="style",
-            ),
-        ],
-        assets=[
-            Asset(
-                id=CHARACTER_ID,
-                kind="character",
-                name="Alex",
-                lora_path="Library/LoRAs/alex.safetensors",
-                lora_weight=0.8,
-                trigger_words=["alexchar"],
-            ),
-            Asset(id=STYLE_ID, kind="style", name="Noir", style_prompt="film noir, high contrast"),
-        ],
-    )
-
-
-def add_take(
-    project: Project,
-    node_id: str,
-    status: TakeStatus = TakeStatus.completed,
-    fingerprint: str = "f" * 64,
-) -> Take:
-    """Append a take (as if rendered) to a node; completed takes become active."""
-    node = project.get_node(node_id)
-    assert node is not None and node.shot is not None
-    number = len(node.takes) + 1
-    take = Take(
-        id=str(uuid.uuid4()),
-        number=number,
-        path=f"03_Renders/{node.shot.scene}/{node.shot.shot}/take{number:02d}.png",
-        status=status,
-        params={
-            "prompt": "p",
-            "seed": 1,
-            "steps": 28,
-            "cfg_scale": 3.5,
-            "width": 1024,
-            "height": 1024,
-        },
-        fingerprint=fingerprint,
-        pipeline_id="flux-dev-fp8",
-        quality_requested="standard",
-        quality_used="standard",
-        created_at=now(),
-    )
-    node.takes.append(take)
-    if status == TakeStatus.completed:
-        node.active_take = take.id
-    return take
+from tests.factories import add_take, odyssey
 
 
 def dump(project: Project) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from studio.graph import GraphError
 from studio.manifest import Edge, ManifestError, load_project, save_project
 from studio.store import ProjectNotFound, ProjectStore
 from studio.workspace import Workspace
-from tests.test_studio_manifest import odyssey
+from tests.factories import odyssey
 
 
 @pytest.fixture

@@ -16,8 +16,11 @@ from studio.nodes import NodeState
 from studio.store import ProjectStore
 from studio.takes import (
     TakeError,
+    cancel_if_queued,
+    claim_hand_out,
     complete_take,
     fail_take,
+    record_submission,
     reserve_take,
     set_active_take,
     start_take,
@@ -25,7 +28,7 @@ from studio.takes import (
     take_path,
 )
 from studio.workspace import PathEscapeError, Workspace
-from tests.test_studio_manifest import odyssey
+from tests.factories import odyssey
 
 RENDERS = "03_Renders/SCENE_02/SHOT_015"
 
@@ -200,3 +203,53 @@ def test_only_a_completed_take_can_be_made_active(store: ProjectStore) -> None:
 def test_a_node_without_takes_is_refused(store: ProjectStore) -> None:
     with pytest.raises(TakeError, match="node prompt is a string node; it has no takes"):
         fail_take(store, "Project_Odyssey", "prompt", "x", "boom")
+
+
+def test_a_hand_out_is_recorded_once_and_a_worker_that_was_first_keeps_its_run(
+        store: ProjectStore) -> None:
+    _, take_id = _reserved_take(store)
+
+    record_submission(store, "Project_Odyssey", "shot15", take_id, "run-1")
+    record_submission(store, "Project_Odyssey", "shot15", take_id, "run-2")
+    assert _take_of(store, take_id).task_run_id == "run-1"
+
+    record_submission(store, "Project_Odyssey", "shot15", take_id, "run-3", again=True)
+    assert _take_of(store, take_id).task_run_id == "run-3"  # Prefect lost run-1
+
+
+def test_of_two_processes_claiming_the_same_hand_out_one_wins(store: ProjectStore) -> None:
+    _, take_id = _reserved_take(store)
+    seen = _take_of(store, take_id)
+
+    assert claim_hand_out(store, "Project_Odyssey", "shot15", seen)
+    assert not claim_hand_out(store, "Project_Odyssey", "shot15", seen)
+    assert _take_of(store, take_id).hand_outs == 1
+
+
+def test_a_queued_take_is_cancelled_at_once_a_generating_one_is_left_to_its_worker(
+        store: ProjectStore) -> None:
+    _, queued = _reserved_take(store)
+    _, generating = _reserved_take(store)
+    start_take(store, "Project_Odyssey", "shot15", generating)
+
+    assert cancel_if_queued(store, "Project_Odyssey", "shot15", queued).status == \
+        TakeStatus.cancelled
+    assert cancel_if_queued(store, "Project_Odyssey", "shot15", generating).status == \
+        TakeStatus.generating
+    with pytest.raises(TakeError, match="only a queued or generating take can be cancelled"):
+        cancel_if_queued(store, "Project_Odyssey", "shot15", queued)
+
+
+def _reserved_take(store: ProjectStore) -> tuple[int, str]:
+    project = store.load("Project_Odyssey")
+    take = reserve_take(store, "Project_Odyssey", "shot15", quality_requested="standard",
+                        quality_used="standard", pipeline_id="flux-dev-fp8",
+                        params=to_generation_params(resolve_inputs(project, "shot15")),
+                        fingerprint=fingerprint(project, "shot15"))
+    return take.number, take.id
+
+
+def _take_of(store: ProjectStore, take_id: str):
+    take = store.load("Project_Odyssey").get_node("shot15").get_take(take_id)
+    assert take is not None
+    return take

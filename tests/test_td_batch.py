@@ -24,7 +24,7 @@ from studio.batch import (
     take_seeds,
 )
 from studio.jobs import GenerationParams, TakeJob
-from studio.manifest import TakeStatus
+from studio.manifest import Shot, TakeStatus
 from studio.store import ProjectNotFound, ProjectStore
 from studio.tiers import Quality
 from studio.workspace import Workspace
@@ -273,6 +273,7 @@ def test_links_start_at_the_public_url_and_carry_a_signature_not_the_token(
 
 def _job(quality: Quality, steps: int = 28, cfg: float = 3.5, negative: str = "") -> TakeJob:
     return TakeJob(project_id="Project_Odyssey", node_id="n1", take_id="t1", take_number=1,
+                   shot=Shot(scene="SCENE_01", shot="SHOT_015", version="v01"),
                    output_path="03_Renders/SCENE_01/SHOT_015/SHOT-015_v01_take01.png",
                    quality_requested=quality, quality_used=quality, pipeline_id="x",
                    params=GenerationParams(prompt="p", negative_prompt=negative, seed=1,

@@ -1,5 +1,6 @@
-"""The `studio` command. Commands that need Prefect or the API import them inside themselves,
-so `studio validate` stays as light as the domain."""
+"""The `studio` command, apart from the domain (as Prefect keeps `prefect.cli` apart): commands that
+need Prefect or the API import them inside themselves, so `studio validate` stays as light as
+the domain."""
 
 from __future__ import annotations
 
