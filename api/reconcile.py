@@ -29,7 +29,7 @@ from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Crashed, Scheduled
 
-from api.reconcile_rules import Action, Decision, Facts, Unknown, decide
+from api.reconcile_rules import LOST_AFTER_SECONDS, Action, Decision, Facts, Unknown, decide
 from api.relay import QUEUED, Relay
 from studio.jobs import GenerationParams, TakeJob
 from studio.manifest import Take, TakeStatus
@@ -92,11 +92,13 @@ def _age(moment: datetime) -> float:
 
 
 class Reconciler:
-    def __init__(self, store: ProjectStore, relay: Relay, *, interval: float) -> None:
+    def __init__(self, store: ProjectStore, relay: Relay, *, interval: float,
+                 lost_after: float = LOST_AFTER_SECONDS) -> None:
         self.store = store
         self.relay = relay
         self.tiers = relay.tiers
         self.interval = interval
+        self.lost_after = lost_after  # STUDIO_LOST_AFTER_SECONDS
         self._lock = asyncio.Lock()
         relay.on_reconnect.append(self.after_reconnect)
         relay.tiers.on_state_change.append(self._tiers_changed)
@@ -150,7 +152,7 @@ class Reconciler:
 
     async def _one(self, project_id: str, node_id: str, take: Take) -> str | None:
         facts = await asyncio.to_thread(self.facts, take)
-        decision = decide(facts)
+        decision = decide(facts, lost_after=self.lost_after)
         state: State | None = None
         if decision.action == Action.ask:
             try:
@@ -162,7 +164,7 @@ class Reconciler:
                                                                  state.timestamp))
             facts = replace(facts, run_state=None if state is None else state.type,
                             waited=waited)
-            decision = decide(facts)
+            decision = decide(facts, lost_after=self.lost_after)
         if decision.action in (Action.wait, Action.ask):
             return None
         return await self._act(project_id, node_id, take, decision, state)
