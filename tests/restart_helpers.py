@@ -4,6 +4,7 @@ take, a socket's buffered messages, and whether an ended take was ever announced
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from typing import Any
 
@@ -35,6 +36,36 @@ def runs_of(task_run_id: str) -> list[tuple[StateType, int]]:
 def completed_runs(task_run_id: str) -> list[int]:
     """The run counts of the take's COMPLETED task runs: [1] when it rendered exactly once."""
     return [count for state, count in runs_of(task_run_id) if state == StateType.COMPLETED]
+
+
+class Reader:
+    """Reads a socket in a thread while the test waits on other things: a socket left unread
+    for minutes stops answering the server's pings and is closed."""
+
+    def __init__(self, socket: Socket) -> None:
+        self.socket = socket
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True, name="socket-reader")
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.socket.next(timeout=0.5)
+            except TimeoutError:
+                continue
+            except Exception:  # closed
+                return
+
+    def stop(self, quiet: float = 2.0) -> list[Message]:
+        """Once nothing has arrived for `quiet` seconds: everything the socket received."""
+        seen = -1
+        while seen != len(self.socket.received):
+            seen = len(self.socket.received)
+            self._stop.wait(quiet)
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.socket.received
 
 
 def drain(socket: Socket, quiet: float = 2.0) -> list[Message]:

@@ -24,9 +24,9 @@ from studio.tiers import Quality
 from tasks.availability import connected_task_workers
 from tests.api_helpers import add_t2i, assert_no_worker_online, new_project, of_type
 from tests.restart_helpers import (
+    Reader,
     assert_no_take_announced_after_it_ended,
     completed_runs,
-    drain,
     takes,
 )
 from tests.stack_helpers import wait_until
@@ -77,6 +77,7 @@ def test_a_stack_stopped_with_takes_queued_renders_each_exactly_once_after_a_res
             project_id = new_project(http, "Stopped With Takes")
             node_id = add_t2i(http, project_id, steps=50)
             socket = stack.socket(project_id)
+            reader = Reader(socket)
             for _ in range(6):
                 socket.click(node_id)
             # The stack is stopped with 1 take generating and 5 queued, each handed to Prefect.
@@ -85,6 +86,7 @@ def test_a_stack_stopped_with_takes_queued_renders_each_exactly_once_after_a_res
                        180, "1 take generating and 5 queued, all handed to Prefect")
             before = takes(http, project_id, node_id)
         first_worker = stack.pid("worker-standard")
+        reader.stop(quiet=0.5)
         socket.close()
         assert_no_take_announced_after_it_ended(socket.received)
     finally:
@@ -98,12 +100,13 @@ def test_a_stack_stopped_with_takes_queued_renders_each_exactly_once_after_a_res
     try:
         stack.wait_line("ready in", timeout=300)
         socket = stack.socket(project_id)
+        reader = Reader(socket)
         with stack.http() as http:
             wait_until(lambda: all(t["status"] == "completed"
                                    for t in takes(http, project_id, node_id)),
                        420, "all six takes to complete")
             after = takes(http, project_id, node_id)
-        drain(socket)
+        reader.stop()
         socket.close()
     finally:
         watch.stop()

@@ -19,9 +19,9 @@ import pytest
 from scripts.local_prefect import LocalPrefectServer
 from tests.api_helpers import add_t2i, assert_no_worker_online, new_project, of_type
 from tests.restart_helpers import (
+    Reader,
     assert_no_take_announced_after_it_ended,
     completed_runs,
-    drain,
     takes,
 )
 from tests.stack_helpers import wait_until
@@ -43,6 +43,7 @@ def test_clicks_handed_off_while_prefect_restarts_each_render_exactly_once(
             project_id = new_project(http, "Clicks During A Restart")
             node_id = add_t2i(http, project_id, steps=10)
             socket = stack.socket(project_id)
+            reader = Reader(socket)
 
             def click() -> None:  # one every 0.4 s, across the server's stop and start
                 for _ in range(CLICKS):
@@ -62,7 +63,7 @@ def test_clicks_handed_off_while_prefect_restarts_each_render_exactly_once(
                                    for t in takes(http, project_id, node_id)),
                        420, "every take to complete")
             done_after = time.monotonic() - restarted
-            drain(socket)
+            reader.stop()
             after = takes(http, project_id, node_id)
         socket.close()
     finally:
