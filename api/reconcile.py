@@ -49,6 +49,11 @@ from tasks.submit import submit_take
 
 log = logging.getLogger(__name__)
 
+# A worker records a take, then creates its artifacts and ends its run: a tier counts as busy
+# while its last ended take's run is not final, for at most this long (a run whose worker died
+# meanwhile may stay RUNNING in Prefect).
+FINISHING_SECONDS = 60.0
+
 def job_for(project_id: str, node_id: str, take: Take) -> TakeJob:
     """The job of a take already reserved, rebuilt from its manifest entry."""
     return TakeJob(
@@ -255,7 +260,11 @@ class Reconciler:
                     state = None
                     idle = 0.0
                 if state is not None:
-                    idle = _age(state.timestamp, self._pass_at) if state.is_final() else 0.0
+                    since_ended = _age(ended[0], self._pass_at)
+                    if state.is_final():
+                        idle = _age(state.timestamp, self._pass_at)
+                    else:  # still finishing; a run left RUNNING by a dead worker is ignored
+                        idle = 0.0 if since_ended < FINISHING_SECONDS else since_ended
             self._prefect_idle[tier] = idle
         return self._prefect_idle[tier]
 
