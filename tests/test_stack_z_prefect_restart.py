@@ -92,7 +92,7 @@ def test_a_stack_stopped_with_takes_queued_renders_each_exactly_once_after_a_res
     finally:
         stack.stop()
     assert not alive(first_worker)  # the stack stops its workers: none renders on unsupervised
-    prefect_server.restart()  # what the server held in its queue is gone
+    prefect_server.restart(timeout=600)  # what the server held in its queue is gone
 
     restarted = time.time()
     watch = WorkerWatch()

@@ -53,7 +53,7 @@ def test_clicks_handed_off_while_prefect_restarts_each_render_exactly_once(
             clicking = threading.Thread(target=click)
             clicking.start()
             time.sleep(0.5)
-            prefect_server.restart()
+            prefect_server.restart(timeout=600)  # minutes on a loaded machine
             clicking.join()
             restarted = time.monotonic()
 
