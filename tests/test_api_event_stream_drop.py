@@ -62,10 +62,11 @@ def test_a_dropped_event_stream_is_re_synced_without_handing_anything_out_again(
             socket = Socket(f"ws://127.0.0.1:{port}/ws/{project_id}")
             for _ in range(3):
                 socket.click(node_id)
-            wait_until(lambda: all(t["task_run_id"] for t in takes(http, project_id, node_id))
-                       and len(takes(http, project_id, node_id)) == 3, 120,
-                       "three takes handed to Prefect")
-            before = {t["id"]: t for t in takes(http, project_id, node_id)}
+            handed = wait_until(
+                lambda: len(runs := [t for t in takes(http, project_id, node_id)
+                                     if t["task_run_id"]]) == 3 and runs, 120,
+                "three takes handed to Prefect")
+            before = {t["id"]: t for t in handed}
             first = socket.until(
                 lambda m: is_("task_progress", node_id=node_id)(m)
                 and m["payload"]["progress"] >= 50, timeout=180,
