@@ -26,7 +26,8 @@ class Gateway:
         self.hub = Hub()
         self.relay = Relay(self.store, self.hub)
         self.dispatcher = Dispatcher(self.store, self.hub, self.relay)
-        self.reconciler = Reconciler(self.store, self.relay, interval=settings.reconcile_seconds)
+        self.reconciler = Reconciler(self.store, self.relay, interval=settings.reconcile_seconds,
+                                     lost_after=settings.lost_after_seconds)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def load(self, project_id: str) -> Project:

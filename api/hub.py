@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -26,21 +27,28 @@ Build = Callable[[], Awaitable[list[Message]]]
 MAX_BACKLOG = 5000
 
 
+def encode(message: Message) -> str:
+    """A message as its JSON text (as Starlette's send_json writes it)."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
 class Client:
     def __init__(self, websocket: WebSocket, project_id: str) -> None:
         self.websocket = websocket
         self.project_id = project_id
-        self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Message | str | None] = asyncio.Queue()
         self._sender = asyncio.create_task(self._pump(), name=f"ws-send-{project_id}")
 
     async def _pump(self) -> None:
         while (message := await self._queue.get()) is not None:
             try:
-                await self.websocket.send_json(message)
+                await self.websocket.send_text(
+                    message if isinstance(message, str) else encode(message))
             except Exception:  # the socket went away; the receive loop notices and detaches
                 return
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message | str) -> None:
+        """Queue a message (or its JSON text, encoded once for every socket of a project)."""
         if self._queue.qsize() >= MAX_BACKLOG:
             log.warning("closing a socket of %s: %d messages behind", self.project_id,
                         MAX_BACKLOG)
@@ -87,9 +95,11 @@ class Hub:
             return
         async with self._locks[project_id]:
             messages = await build()
+            # Encoded once, not once per socket: a burst sends each message to every socket.
+            texts = [encode(message) for message in messages]
             for client in list(self._clients[project_id]):
-                for message in messages:
-                    client.send(message)
+                for text in texts:
+                    client.send(text)
 
     async def close_all(self) -> None:
         for clients in list(self._clients.values()):

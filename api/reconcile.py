@@ -17,21 +17,25 @@ api.reconcile_rules.decide:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import State
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Crashed, Scheduled
 
-from api.reconcile_rules import Action, Decision, Facts, Unknown, decide
+from api.reconcile_rules import LOST_AFTER_SECONDS, Action, Decision, Facts, Unknown, decide
 from api.relay import Relay
 from studio.jobs import TakeJob
-from studio.manifest import Take, TakeStatus
+from studio.manifest import Project, Take, TakeStatus
 from studio.store import ProjectStore
 from studio.take_events import TakeCancelled, TakeFailed, TakeQueued
 from studio.takes import (
@@ -43,12 +47,19 @@ from studio.takes import (
     retry_take,
     take_job,
 )
+from studio.tiers import Quality
 from tasks.cancel import cancel_requested, clear_cancel
 from tasks.prefect_retry import aretry_transient
 from tasks.recovery import clear_leftovers, is_abandoned
 from tasks.submit import submit_take
 
 log = logging.getLogger(__name__)
+
+# A worker records a take, then creates its artifacts and ends its run: a tier counts as busy
+# while its last ended take's run is not final, for at most this long (a run whose worker died
+# meanwhile may stay RUNNING in Prefect).
+FINISHING_SECONDS = 60.0
+
 
 def job_for(store: ProjectStore, project_id: str, node_id: str, take: Take) -> TakeJob:
     """The job of a take already reserved, rebuilt from its manifest entry and its node."""
@@ -58,8 +69,42 @@ def job_for(store: ProjectStore, project_id: str, node_id: str, take: Take) -> T
     return take_job(project_id, node, take)
 
 
+class _PassClient:
+    """One Prefect client for a whole reconcile pass, opened at its first use: a client per
+    call builds a TLS context each time, which holds the event loop under load."""
+
+    def __init__(self) -> None:
+        self.client: PrefectClient | None = None
+
+    async def get(self) -> PrefectClient:
+        if self.client is None:
+            client = get_client()
+            await client.__aenter__()
+            self.client = client
+        return self.client
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+
+
+_PASS: ContextVar[_PassClient | None] = ContextVar("reconcile_pass_client", default=None)
+
+
+@asynccontextmanager
+async def _prefect() -> AsyncIterator[PrefectClient]:
+    shared = _PASS.get()
+    if shared is None:
+        async with get_client() as client:
+            yield client
+    else:
+        yield await shared.get()
+
+
 async def _task_run_state(task_run_id: str) -> State | None:
-    async with get_client() as client:
+    async with _prefect() as client:
         try:
             run = await client.read_task_run(uuid.UUID(task_run_id))
         except ObjectNotFound:
@@ -74,7 +119,7 @@ async def _requeue(task_run_id: str, state: State) -> bool:
     again.state_details.task_parameters_id = state.state_details.task_parameters_id
 
     async def propose() -> bool:
-        async with get_client() as client:
+        async with _prefect() as client:
             result = await client.set_task_run_state(uuid.UUID(task_run_id), again, force=False)
         return result.status.value == "ACCEPT"
 
@@ -85,23 +130,35 @@ async def _set_state(task_run_id: str, state: State) -> None:
     """Best effort, forced: a dead attempt's run must not stay RUNNING, nor a cancelled or
     failed take's run be picked up later."""
     try:
-        async with get_client() as client:
+        async with _prefect() as client:
             await client.set_task_run_state(uuid.UUID(task_run_id), state, force=True)
     except Exception as exc:
         log.info("could not set task run %s to %s: %s", task_run_id, state.name, exc)
 
 
-def _age(moment: datetime) -> float:
-    return (datetime.now(UTC) - moment).total_seconds()
+def _age(moment: datetime, now: datetime | None = None) -> float:
+    return ((now or datetime.now(UTC)) - moment).total_seconds()
 
 
 class Reconciler:
-    def __init__(self, store: ProjectStore, relay: Relay, *, interval: float) -> None:
+    def __init__(self, store: ProjectStore, relay: Relay, *, interval: float,
+                 lost_after: float = LOST_AFTER_SECONDS) -> None:
         self.store = store
         self.relay = relay
         self.tiers = relay.tiers
         self.interval = interval
+        self.lost_after = lost_after  # STUDIO_LOST_AFTER_SECONDS
         self._lock = asyncio.Lock()
+        # Each pass judges every take against the tiers as they were when it began: a worker
+        # that picks up the first run handed out again must not leave the others, lost from the
+        # same queue, waiting for its next idle spell (4 s after each take).
+        self._pass_at: datetime | None = None
+        self._tiers_at: dict[Quality, tuple[float, float]] = {}
+        # Per tier, the take that ended last (its end, its task run): a worker is still busy
+        # with a take after recording it (artifacts, events, its run's final state) and only
+        # then takes the next run, so the tier's idle time counts from its run's end in Prefect.
+        self._last_ended: dict[Quality, tuple[datetime, str | None]] = {}
+        self._prefect_idle: dict[Quality, float] = {}
         relay.on_reconnect.append(self.after_reconnect)
         relay.tiers.on_state_change.append(self._tiers_changed)
 
@@ -124,37 +181,55 @@ class Reconciler:
     async def reconcile(self) -> list[str]:
         """One pass over every project; returns what it did, one line per take."""
         async with self._lock:
-            done: list[str] = []
-            read_at = time.monotonic()
-            projects = await asyncio.to_thread(self.store.list)
-            await self.tiers.rebuild(projects, read_at)
-            for project in projects:
-                for node in project.nodes:
-                    for take in node.takes:
-                        if take.status in (TakeStatus.queued, TakeStatus.generating):
-                            line = await self._one(project.id, node.id, take)
-                            if line:
-                                done.append(line)
-                # Results whose event went missing reach open sockets anyway.
-                await self.relay.resync(project.id, min_age=3.0)
-            for line in done:
-                log.info("reconcile: %s", line)
-            return done
+            shared = _PassClient()
+            token = _PASS.set(shared)
+            try:
+                return await self._pass()
+            finally:
+                _PASS.reset(token)
+                await shared.close()
+
+    async def _pass(self) -> list[str]:
+        done: list[str] = []
+        read_at = time.monotonic()
+        self._pass_at = datetime.now(UTC)
+        projects = await asyncio.to_thread(self.store.list)
+        await self.tiers.rebuild(projects, read_at)
+        self._tiers_at = {q: (self.tiers.online_for(q), self.tiers.idle_for(q))
+                          for q in Quality}
+        self._last_ended = _last_ended(projects)
+        self._prefect_idle = {}
+        for project in projects:
+            for node in project.nodes:
+                for take in node.takes:
+                    if take.status in (TakeStatus.queued, TakeStatus.generating):
+                        line = await self._one(project.id, node.id, take)
+                        if line:
+                            done.append(line)
+            # Results whose event went missing reach open sockets anyway.
+            await self.relay.resync(project.id, min_age=3.0)
+        for line in done:
+            log.info("reconcile: %s", line)
+        return done
 
     def facts(self, take: Take) -> Facts:
         root = self.store.workspace.root
         tier = take.quality_used
+        online_for, idle_for = self._tiers_at.get(
+            tier, (self.tiers.online_for(tier), self.tiers.idle_for(tier)))
+        if tier in self._last_ended:  # the manifests know of work its events did not bring
+            idle_for = min(idle_for, _age(self._last_ended[tier][0], self._pass_at))
         return Facts(
             status=take.status, has_run=take.task_run_id is not None,
-            run_state=Unknown.not_asked, waited=_age(take.created_at),
-            tier_online_for=self.tiers.online_for(tier), tier_idle_for=self.tiers.idle_for(tier),
+            run_state=Unknown.not_asked, waited=_age(take.created_at, self._pass_at),
+            tier_online_for=online_for, tier_idle_for=idle_for,
             worker_gone=is_abandoned(root, take, _stale_after()),
             cancel_requested=cancel_requested(root, take.id), attempts=take.attempts,
             hand_outs=take.hand_outs, submitting=take.id in self.relay.handing_out)
 
     async def _one(self, project_id: str, node_id: str, take: Take) -> str | None:
         facts = await asyncio.to_thread(self.facts, take)
-        decision = decide(facts)
+        decision = decide(facts, lost_after=self.lost_after)
         state: State | None = None
         if decision.action == Action.ask:
             try:
@@ -162,14 +237,41 @@ class Reconciler:
             except Exception as exc:
                 log.info("reconcile: Prefect unavailable (%s); next pass", exc)
                 return None
-            waited = facts.waited if state is None else _age(max(take.created_at,
-                                                                 state.timestamp))
+            waited = facts.waited if state is None else _age(
+                max(take.created_at, state.timestamp), self._pass_at)
             facts = replace(facts, run_state=None if state is None else state.type,
                             waited=waited)
-            decision = decide(facts)
+            decision = decide(facts, lost_after=self.lost_after)
+            if decision.action == Action.requeue:
+                # "Idle" from Prefect's own state too: a dropped event stream or a slow
+                # worker between two takes must not pass for a lost queue.
+                idle = await self._tier_idle_in_prefect(take.quality_used)
+                facts = replace(facts, tier_idle_for=min(facts.tier_idle_for, idle))
+                decision = decide(facts, lost_after=self.lost_after)
         if decision.action in (Action.wait, Action.ask):
             return None
         return await self._act(project_id, node_id, take, decision, state)
+
+    async def _tier_idle_in_prefect(self, tier: Quality) -> float:
+        """Seconds since the task run of the tier's last ended take reached its final state
+        in Prefect (0 while it has not: its worker is still finishing it); once per pass."""
+        if tier not in self._prefect_idle:
+            idle = float("inf")
+            ended = self._last_ended.get(tier)
+            if ended is not None and ended[1]:
+                try:
+                    state = await _task_run_state(ended[1])
+                except Exception:  # Prefect unreachable: nothing is judged lost now
+                    state = None
+                    idle = 0.0
+                if state is not None:
+                    since_ended = _age(ended[0], self._pass_at)
+                    if state.is_final():
+                        idle = _age(state.timestamp, self._pass_at)
+                    else:  # still finishing; a run left RUNNING by a dead worker is ignored
+                        idle = 0.0 if since_ended < FINISHING_SECONDS else since_ended
+            self._prefect_idle[tier] = idle
+        return self._prefect_idle[tier]
 
     async def _act(self, project_id: str, node_id: str, take: Take, decision: Decision,
                    state: State | None) -> str | None:
@@ -281,6 +383,20 @@ class Reconciler:
         await self.relay.announce_failure(project_id, node_id, take.id, take.task_run_id, reason)
         self.relay.emit(TakeFailed.of_take(project_id, node_id, take, take.task_run_id,
                                            error=reason))
+
+
+def _last_ended(projects: list[Project]) -> dict[Quality, tuple[datetime, str | None]]:
+    """Per tier, when its last take ended (completed, failed, cancelled) and its task run."""
+    last: dict[Quality, tuple[datetime, str | None]] = {}
+    for project in projects:
+        for node in project.nodes:
+            for take in node.takes:
+                if take.finished_at is None:
+                    continue
+                known = last.get(take.quality_used)
+                if known is None or take.finished_at > known[0]:
+                    last[take.quality_used] = (take.finished_at, take.task_run_id)
+    return last
 
 
 def _stale_after() -> float:

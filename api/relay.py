@@ -25,7 +25,7 @@ from prefect.events.filters import EventFilter, EventNameFilter
 from api.hub import Hub, Message
 from api.messages import QueuePlace, TaskCancelled, TaskProgress, TierStates, server_message
 from api.tiers import Tiers
-from api.views import failed_message, node_state_message, success_message
+from api.views import failed_message, node_state_message, state_of, success_message
 from studio.manifest import Project, TakeStatus
 from studio.nodes import NodeState
 from studio.store import ProjectNotFound, ProjectStore
@@ -333,8 +333,12 @@ class Relay:
                                   take_id: str | None, task_id: str | None) -> None:
         async def build() -> list[Message]:
             project = await self._load(project_id)
-            return first + node_state_message(project, node_id, take_id=take_id,
-                                              task_id=task_id)
+            # While other takes of the node are in flight the node's state is theirs: it names
+            # no take, never the one that just ended (a completed take is never "queued").
+            busy = state_of(project, node_id) in (NodeState.queued, NodeState.generating)
+            return first + node_state_message(project, node_id,
+                                              take_id=None if busy else take_id,
+                                              task_id=None if busy else task_id)
 
         await self.hub.publish(project_id, build)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from api.reconcile_rules import LOST_AFTER_SECONDS
 from api.security import LOOPBACK_HOSTS
 from studio.workspace import Workspace
 
@@ -15,7 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name)
-    return float(raw) if raw else default
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
 
 
 def _list(name: str) -> list[str]:
@@ -32,6 +36,10 @@ class Settings:
     # out again within a few passes of its tier's worker being online and idle).
     reconcile_seconds: float = field(
         default_factory=lambda: _float("STUDIO_RECONCILE_SECONDS", 1.0))
+    # How long a run may sit SCHEDULED, with an idle worker of its tier online that long, before
+    # Prefect counts as having lost it (each hand-out again waits one more such period).
+    lost_after_seconds: float = field(
+        default_factory=lambda: _float("STUDIO_LOST_AFTER_SECONDS", LOST_AFTER_SECONDS))
     # Where the built canvas lives; served at / when it exists.
     web_dist: Path = field(
         default_factory=lambda: Path(os.environ.get("STUDIO_WEB_DIST", REPO / "web" / "dist")))
@@ -49,6 +57,11 @@ class Settings:
     # its host and origin are allowed too, so a link that works is never refused at the edge.
     public_url: str | None = field(
         default_factory=lambda: os.environ.get("STUDIO_PUBLIC_URL") or None)
+
+    def __post_init__(self) -> None:
+        if not self.lost_after_seconds > 0:
+            raise ValueError("STUDIO_LOST_AFTER_SECONDS must be a number of seconds above 0, "
+                             f"not {self.lost_after_seconds}")
 
     def hosts(self) -> list[str]:
         """Every allowed Host name: the loopback names, STUDIO_ALLOWED_HOSTS, the public URL's."""

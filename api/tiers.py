@@ -9,24 +9,30 @@ kept in memory and rebuilt from the manifests on every reconcile pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+from prefect.client.orchestration import PrefectClient, get_client
 
 from api.messages import QueuePlace, TierState
 from studio.manifest import Project, TakeStatus
 from studio.tiers import TIERS, FallbackPolicy, Quality, fallback_order
-from tasks.availability import connected_task_workers
 
 log = logging.getLogger(__name__)
 
 # Prefect's registry drops a worker for a moment each time it hands it a run; a tier counts as
 # offline only after this long without one.
 ONLINE_GRACE_SECONDS = 3.0
+# Prefect's note of a worker moves about every second while the server has no run for it.
+SERVER_WAITING_SECONDS = 3.0
 ALL = list(TIERS)
 
 
@@ -110,6 +116,8 @@ class Tiers:
         self.expected = expected_tiers() if expected is None else expected
         self.poll_seconds = poll_seconds
         self._tiers = {q: _Tier() for q in ALL}
+        self._client: PrefectClient | None = None
+        self._stamps: dict[str, tuple[float, float]] = {}  # worker -> (its note, when it moved)
         self.polled = asyncio.Event()  # set after the first successful look at Prefect
         self.prefect_error: str | None = None
         # Called with the tiers whose queue changed, and when any tier's state changed.
@@ -125,11 +133,33 @@ class Tiers:
 
         by_key = {t.task_key: q for q, t in TIER_TASKS.items()}
         counts = dict.fromkeys(ALL, 0)
-        for worker in await connected_task_workers(ALL):
-            for q in {by_key[k] for k in worker.get("task_keys", []) if k in by_key}:
-                counts[q] += 1
-        before = self._workers_view()
         now = time.monotonic()
+        stamps: dict[str, tuple[float, float]] = {}
+        for worker in await self._connected_workers(list(by_key)):
+            tiers = {by_key[k] for k in worker.get("task_keys", []) if k in by_key}
+            for q in tiers:
+                counts[q] += 1
+            # Prefect's server notes a worker each time it starts waiting for a run for it
+            # (about every second while its queue is empty); while it is handing the worker a
+            # run (the worker busy with the one before) the note does not move. A note that
+            # has not moved for a while: the server has runs for that worker, so none of its
+            # tier's SCHEDULED runs is lost. Compared with our last look, not with our clock.
+            ident = str(worker.get("identifier"))
+            try:
+                stamp = datetime.fromisoformat(str(worker.get("timestamp"))).timestamp()
+            except ValueError:
+                stamp = 0.0
+            seen = self._stamps.get(ident)
+            # (The server derives the note from a monotonic clock: it jitters by microseconds.)
+            if seen is None or stamp - seen[0] >= 0.5:
+                seen = (stamp, now)
+            moved_at = seen[1]
+            stamps[ident] = seen
+            if now - moved_at >= SERVER_WAITING_SECONDS:
+                for q in tiers:
+                    self._tiers[q].last_busy = now
+        self._stamps = stamps
+        before = self._workers_view()
         for q, tier in self._tiers.items():
             tier.workers = counts[q]
             if counts[q]:
@@ -144,12 +174,41 @@ class Tiers:
         self.polled.set()
         return self._workers_view() != before
 
+    async def _connected_workers(self, keys: list[str]) -> list[dict[str, Any]]:
+        """Prefect's task-worker registry, through one client kept open between polls: a new
+        client per poll builds a TLS context each time, which held the event loop (and every
+        socket's messages) for tens of milliseconds a second under load."""
+        if self._client is None:
+            client = get_client()
+            await client.__aenter__()
+            self._client = client
+        try:
+            response = await self._client._client.post(  # no client method wraps this route
+                "/task_workers/filter", json={"task_worker_filter": {"task_keys": keys}})
+            response.raise_for_status()
+        except BaseException:
+            await self.close()  # a restarted server gets a fresh connection next time
+            raise
+        return list(response.json())
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+
     def _workers_view(self) -> list[tuple[str, int]]:
         """What a tier-state message is sent for: workers coming and going (queue depths change
         with every click and are read from /healthz)."""
         return [(self.state(q), t.workers) for q, t in self._tiers.items()]
 
     async def run(self) -> None:
+        try:
+            await self._watch()
+        finally:
+            await self.close()
+
+    async def _watch(self) -> None:
         while True:
             try:
                 changed = await self.poll()

@@ -55,7 +55,10 @@ def key_of(message: dict[str, Any]) -> tuple[str, str] | None:
         return p["result"]["take_id"], "succeeded"
     if kind == "server:task_progress":
         return p["take_id"], f"progress:{p['progress']}"
-    if kind == "server:node_state_updated" and p["state"] == "generating" and p.get("take_id"):
+    # A message with a queue place is a queued take's place, sent with its *node's* state
+    # (generating while another take of the node renders): not the take starting.
+    if (kind == "server:node_state_updated" and p["state"] == "generating" and p.get("take_id")
+            and not p.get("queue")):
         return p["take_id"], "started"
     return None
 
@@ -117,9 +120,14 @@ def check_order(messages: list[dict[str, Any]]) -> list[str]:
                     problems.append(f"{take}: progress went down")
                 last_progress = p["progress"]
             elif kind == "server:node_state_updated" and p.get("take_id") == take:
-                if p["state"] == "queued" and started and p.get("queue"):
-                    problems.append(f"{take}: queued after generating")
-                if p["state"] == "generating":
+                # A queue place (sent with the node's state) after the take started, or one
+                # after its result, is out of order; the node's state alone is not the take's.
+                if p.get("queue") and (started or ended):
+                    problems.append(f"{take}: a queue place after it "
+                                    f"{'ended' if ended else 'started'}")
+                if p["state"] in ("queued", "generating") and not p.get("queue") and ended:
+                    problems.append(f"{take}: announced {p['state']} after its result")
+                if p["state"] == "generating" and not p.get("queue"):
                     started = True
     return problems
 

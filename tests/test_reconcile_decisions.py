@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from prefect.client.schemas.objects import StateType
 
-from api.reconcile_rules import MAX_ATTEMPTS, Action, Facts, Unknown, decide
+from api.reconcile_rules import LOST_AFTER_SECONDS, MAX_ATTEMPTS, Action, Facts, Unknown, decide
+from api.settings import Settings
 from studio.manifest import TakeStatus
 
 # A queued take handed to Prefect a while ago, its tier's worker online and idle for long.
@@ -115,3 +117,48 @@ def test_a_dead_workers_take_that_was_being_cancelled_is_cancelled_not_retried()
 def test_ended_takes_are_never_touched() -> None:
     for status in (TakeStatus.completed, TakeStatus.failed, TakeStatus.cancelled):
         assert decide(replace(LOST, status=status)).action == Action.wait
+
+
+# The "lost" threshold is a setting (STUDIO_LOST_AFTER_SECONDS): a slow machine can wait longer
+# before it calls a run lost, a fast one less; each hand-out again still waits one more period.
+
+def test_a_longer_lost_threshold_leaves_a_scheduled_run_waiting_longer() -> None:
+    sitting = replace(LOST, waited=6, tier_online_for=6, tier_idle_for=6)
+    assert decide(sitting).action == Action.requeue  # the default: 4 s
+    assert decide(sitting, lost_after=10).action == Action.wait
+    assert decide(replace(sitting, waited=11, tier_online_for=11, tier_idle_for=11),
+                  lost_after=10).action == Action.requeue
+
+
+def test_a_shorter_lost_threshold_asks_prefect_sooner() -> None:
+    sitting = replace(LOST, run_state=Unknown.not_asked, waited=2, tier_online_for=2,
+                      tier_idle_for=2)
+    assert decide(sitting).action == Action.wait
+    assert decide(sitting, lost_after=1.5).action == Action.ask
+
+
+def test_the_configured_threshold_grows_with_each_hand_out_again() -> None:
+    again = replace(LOST, hand_outs=1, waited=15, tier_online_for=60, tier_idle_for=60)
+    assert decide(again, lost_after=10).action == Action.wait  # 2 x 10 s
+    assert decide(replace(again, waited=21), lost_after=10).action == Action.requeue
+
+
+def test_the_lost_threshold_never_touches_a_take_with_no_worker_or_a_busy_one() -> None:
+    for facts in (replace(LOST, tier_online_for=0), replace(LOST, tier_idle_for=0)):
+        assert decide(facts, lost_after=0.5).action == Action.wait
+
+
+def test_the_lost_threshold_is_read_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STUDIO_LOST_AFTER_SECONDS", "9.5")
+    assert Settings().lost_after_seconds == 9.5
+    monkeypatch.delenv("STUDIO_LOST_AFTER_SECONDS")
+    assert Settings().lost_after_seconds == LOST_AFTER_SECONDS
+
+
+def test_a_lost_threshold_that_is_not_a_positive_number_is_refused_with_the_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for raw in ("0", "-1", "soon"):
+        monkeypatch.setenv("STUDIO_LOST_AFTER_SECONDS", raw)
+        with pytest.raises(ValueError, match="STUDIO_LOST_AFTER_SECONDS"):
+            Settings()
