@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,9 @@ class RecordingSocket:
 
     async def send_json(self, message: dict[str, Any]) -> None:
         self.sent.append(message)
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed = code

@@ -10,11 +10,13 @@ from runners.flux.contract import MAX_SEED, BadInput, FluxRequest, LoraSpec, Mod
 from runners.flux.plan import plan_take
 from runners.take_request import model_dir, take_request
 from studio.jobs import GenerationParams, LoraRef, TakeJob
+from studio.manifest import Shot
 
 
 def _job(quality: Quality = Quality.low) -> TakeJob:
     return TakeJob(
         project_id="P", node_id="shot10", take_id="t1", take_number=1,
+        shot=Shot(scene="SCENE_01", shot="SHOT_010", version="v01"),
         output_path="03_Renders/SCENE_01/SHOT_010/SHOT-010_v01_take01.png",
         quality_requested=Quality.high, quality_used=quality, pipeline_id="flux-schnell-fp8",
         params=GenerationParams(

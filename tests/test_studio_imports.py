@@ -10,6 +10,9 @@ STUDIO = Path(__file__).resolve().parents[1] / "studio"
 # The domain is pure Python and pydantic; these are the layers above it and the heavy libraries.
 FORBIDDEN = {"prefect", "fastapi", "starlette", "torch", "diffusers", "api", "tasks", "flows",
              "runners", "cli"}
+# The runner's published contract (tiers, limits, Quality): standard-library modules the runner
+# image carries on its own, so the domain reads them from there rather than keeping a copy.
+RUNNER_CONTRACT = {"runners.flux.contract", "runners.flux.tiers"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -82,8 +85,20 @@ def test_value_types_sit_below_the_use_case() -> None:
 
 def test_studio_imports_nothing_of_prefect_fastapi_torch_or_the_layers_above() -> None:
     offending = {
-        path.name: sorted(m for m in _imports(path) if m.split(".")[0] in FORBIDDEN)
+        path.name: sorted(m for m in _imports(path)
+                          if m.split(".")[0] in FORBIDDEN and m not in RUNNER_CONTRACT)
         for path in STUDIO.glob("*.py")
     }
 
     assert {name: mods for name, mods in offending.items() if mods} == {}
+
+
+def test_the_runner_contract_the_domain_reads_is_standard_library_only() -> None:
+    root = STUDIO.parent
+    for module in RUNNER_CONTRACT:
+        path = root / (module.replace(".", "/") + ".py")
+        outside = {m for m in _imports(path)
+                   if m.split(".")[0] not in {"__future__", "json", "math", "re", "collections",
+                                              "dataclasses", "enum", "pathlib", "typing"}
+                   and m not in RUNNER_CONTRACT}
+        assert outside == set(), (module, outside)
