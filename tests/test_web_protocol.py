@@ -24,7 +24,8 @@ TYPES = WEB / "src" / "lib" / "protocol.ts"
 REGENERATE = "run `npm --prefix web run protocol` and commit web/src/lib/protocol.*"
 
 
-def _run(cmd: list[str], cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], cwd: Path = REPO,
+         timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
