@@ -68,6 +68,8 @@ class Studio {
   #journal: ServerMessage[] = [];
   #inFlight = 0;
   #nodeFetches = new Set<string>();
+  /** Changes the server confirmed (a node added, moved…): a project fetched before one lacks it. */
+  #edits = 0;
 
   async loadNodeTypes(): Promise<void> {
     this.nodeTypes = await api.nodeTypes();
@@ -112,16 +114,20 @@ class Studio {
   async reload(): Promise<void> {
     const open = this.project;
     if (!open) return;
+    const edits = this.#edits;
+    let stale = false;
     try {
       const needs = await this.#fetching(api.getProject(open.id), (project) => {
         if (this.project?.id !== open.id) return false;
-        this.#adopt(project);
-        return true;
+        stale = this.#edits !== edits; // it may predate a change made meanwhile: ask again
+        if (!stale) this.#adopt(project);
+        return !stale;
       });
       for (const nodeId of needs) void this.#refetchNode(nodeId);
     } catch (e) {
       this.toast(e);
     }
+    if (stale) await this.reload();
   }
 
   #adopt(project: Project): void {
@@ -198,6 +204,7 @@ class Studio {
     this.project.quality = quality;
     try {
       await api.setQuality(this.project.id, quality);
+      this.#edits += 1;
     } catch (e) {
       this.project.quality = previous;
       this.toast(e);
@@ -250,6 +257,7 @@ class Studio {
     const project = this.project;
     if (!project) throw new Error('No project is open.');
     const asset = await api.createAsset(project.id, draft);
+    this.#edits += 1;
     // A reload meanwhile may have brought it already.
     const open = this.project;
     if (open?.id === project.id && !open.assets.some((a) => a.id === asset.id)) open.assets.push(asset);
@@ -264,7 +272,11 @@ class Studio {
     if (!project) return null;
     try {
       const node = await api.addNode(project.id, nodeType, position, params);
-      project.nodes.push(node);
+      this.#edits += 1;
+      // A reload meanwhile may have put a new project object in place, with or without it.
+      const open = this.project;
+      if (open?.id !== project.id) return null;
+      if (!open.nodes.some((n) => n.id === node.id)) open.nodes.push(node);
       this.selectedId = node.id;
       return node.id;
     } catch (e) {
@@ -283,6 +295,7 @@ class Studio {
     await this.#all(
       moves.map(({ id }) => api.updateNode(project.id, id, { position: this.node(id)!.position })),
     );
+    this.#edits += 1;
   }
 
   async connect(edge: Omit<StudioEdge, 'id'>): Promise<void> {
