@@ -205,11 +205,12 @@ def test_the_servers_refusal_is_shown(page: Page, stack: Stack) -> None:
     text = add_node(page, "string")
     target = add_node(page, "text_to_image")
     # Behind the canvas's back: the node it still shows is gone on the server.
-    url = f"{stack.base_url}/api/projects/{project_id}/nodes/{node_id(target)}"
+    target_id = node_id(target)  # read now: the reload after the refusal removes the node
+    url = f"{stack.base_url}/api/projects/{project_id}/nodes/{target_id}"
     httpx.delete(url).raise_for_status()
 
     connect(page, text, "value", target, "prompt")
-    expect(page.get_by_test_id("toast")).to_contain_text(node_id(target))
+    expect(page.get_by_test_id("toast")).to_contain_text(target_id)
     expect(target).to_have_count(0)  # the canvas reloaded the project
 
 
