@@ -3,6 +3,7 @@
 # tests drive (Debian's chromium) is there. Fast when nothing changed:
 #   npm ci         only when web/node_modules does not match web/package-lock.json
 #   npm run build  only when a source is newer than web/dist
+# `setup_web.sh deps` stops after npm ci (the tests that run the canvas's own tools need no build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   (cd web && npm ci --no-audit --no-fund --loglevel=error)
   echo "$want" > "$stamp"
 fi
+if [ "${1:-}" = deps ]; then exit 0; fi
 
 # --- build ---
 built=web/dist/index.html

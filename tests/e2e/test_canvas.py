@@ -161,6 +161,32 @@ def test_generate_takes_and_choose_the_active_one(page: Page, stack: Stack) -> N
     screenshot(page.get_by_test_id("inspector"), "inspector-two-takes")
 
 
+def test_a_generate_fetches_the_project_at_most_once(page: Page, stack: Stack) -> None:
+    """The take's messages (queued, generating, progress, success, completed) are applied to the
+    canvas in place; only the new take's number and file are fetched (one node)."""
+    project_id = open_new_project(page, "Fetches")
+    node = add_node(page, "text_to_image")
+    small_and_fast(page, node)
+    node.get_by_test_id("node-prompt").fill("a paper boat on a pond")
+    wait_until(lambda: stack.project(project_id)["nodes"][0]["params"]["prompt"]
+               == "a paper boat on a pond", 15, "the prompt to be saved")
+    project_path = f"/api/projects/{project_id}"
+    fetches: list[str] = []
+    page.on("request", lambda r: fetches.append(r.url) if r.method == "GET" and (
+        r.url.split("?")[0].endswith(project_path) or f"{project_path}/nodes/" in r.url) else None)
+
+    node.get_by_test_id("node-generate").click()
+    wait_completed(node, takes=1)
+    page.wait_for_timeout(1_000)  # time for a fetch the last messages would start
+
+    assert len(fetches) <= 1, f"{len(fetches)} fetches of the project for one Generate: {fetches}"
+    take = stack.project(project_id)["nodes"][0]["takes"][0]
+    expect(node.get_by_test_id("node-thumbnail")).to_have_attribute(
+        "src", re.compile(re.escape(take["path"].split("/")[-1])))
+    expect(page.locator('[data-testid="take"][data-take-number="1"]')).to_have_attribute(
+        "data-active", "true")
+
+
 def test_image_output_cannot_feed_a_string_input(page: Page, stack: Stack) -> None:
     project_id = open_new_project(page, "Refusal")
     first = add_node(page, "text_to_image")
@@ -179,11 +205,12 @@ def test_the_servers_refusal_is_shown(page: Page, stack: Stack) -> None:
     text = add_node(page, "string")
     target = add_node(page, "text_to_image")
     # Behind the canvas's back: the node it still shows is gone on the server.
-    url = f"{stack.base_url}/api/projects/{project_id}/nodes/{node_id(target)}"
+    target_id = node_id(target)  # read now: the reload after the refusal removes the node
+    url = f"{stack.base_url}/api/projects/{project_id}/nodes/{target_id}"
     httpx.delete(url).raise_for_status()
 
     connect(page, text, "value", target, "prompt")
-    expect(page.get_by_test_id("toast")).to_contain_text(node_id(target))
+    expect(page.get_by_test_id("toast")).to_contain_text(target_id)
     expect(target).to_have_count(0)  # the canvas reloaded the project
 
 

@@ -90,6 +90,7 @@ export const api = {
   setQuality: (id: string, quality: Quality) => request<Project>('PATCH', project(id), { quality }),
   addNode: (id: string, node_type: string, position: Position, params?: Params) =>
     request<StudioNode>('POST', `${project(id)}/nodes`, { node_type, position, params }),
+  getNode: (id: string, nodeId: string) => request<StudioNode>('GET', node(id, nodeId)),
   updateNode: (id: string, nodeId: string, patch: { params?: Params; position?: Position }) =>
     request<StudioNode>('PATCH', node(id, nodeId), patch),
   deleteNode: (id: string, nodeId: string) => request<void>('DELETE', node(id, nodeId)),

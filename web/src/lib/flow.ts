@@ -4,10 +4,9 @@ import type { Edge, Node } from '@xyflow/svelte';
 import { socketColor } from './sockets';
 import type { NodeTypeSpec, Project } from './types';
 
-/** Which node component draws a node type. */
+/** Which node component draws a node type: one with takes, or one that holds a value. */
 function componentKey(spec: NodeTypeSpec | undefined): string {
-  if (spec?.has_takes) return 'generation';
-  return spec?.category === 'asset' ? 'asset' : 'primitive';
+  return spec?.has_takes ? 'generation' : 'value';
 }
 
 export function toFlowNodes(

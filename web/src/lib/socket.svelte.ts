@@ -1,12 +1,19 @@
-// The project's WebSocket (/ws/{project_id}): {"type", "payload"} envelopes both ways, and an
-// automatic reconnect with backoff. `status` is what the project bar shows.
+// The project's WebSocket (/ws/{project_id}): {"type", "payload"} envelopes both ways, typed by
+// protocol.ts (generated from the server's /api/ws-protocol), and an automatic reconnect with
+// backoff. `status` is what the project bar shows.
 import { withToken } from './api';
+import type { ClientMessage, ServerMessage } from './protocol';
 
 export type SocketStatus = 'connecting' | 'open' | 'reconnecting' | 'closed';
 
-export interface Envelope {
-  type: string;
-  payload: Record<string, unknown>;
+/** A frame as the server's models describe it; a type the canvas does not know is passed on and
+ * ignored where it is read (a newer server). */
+function asServerMessage(data: unknown): ServerMessage | null {
+  if (typeof data !== 'object' || data === null) return null;
+  const { type, payload } = data as { type?: unknown; payload?: unknown };
+  if (typeof type !== 'string' || !type.startsWith('server:')) return null;
+  if (typeof payload !== 'object' || payload === null) return null;
+  return data as ServerMessage;
 }
 
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
@@ -21,7 +28,7 @@ export class ProjectSocket {
 
   constructor(
     private readonly projectId: string,
-    private readonly onMessage: (message: Envelope) => void,
+    private readonly onMessage: (message: ServerMessage) => void,
     private readonly onOpen: () => void,
   ) {
     this.#connect();
@@ -40,13 +47,14 @@ export class ProjectSocket {
       this.onOpen();
     };
     ws.onmessage = (event) => {
-      let message: Envelope;
+      let data: unknown;
       try {
-        message = JSON.parse(event.data as string) as Envelope;
+        data = JSON.parse(event.data as string);
       } catch {
         return;
       }
-      if (typeof message?.type === 'string') this.onMessage({ ...message, payload: message.payload ?? {} });
+      const message = asServerMessage(data);
+      if (message) this.onMessage(message);
     };
     ws.onclose = (event) => {
       if (this.#ws !== ws || this.#closed) return;
@@ -63,9 +71,9 @@ export class ProjectSocket {
   }
 
   /** Sends one message; false when the socket is not open (the caller tells the person). */
-  send(type: string, payload: Record<string, unknown>): boolean {
+  send(message: ClientMessage): boolean {
     if (this.#ws?.readyState !== WebSocket.OPEN) return false;
-    this.#ws.send(JSON.stringify({ type, payload }));
+    this.#ws.send(JSON.stringify(message));
     return true;
   }
 

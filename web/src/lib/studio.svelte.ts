@@ -1,8 +1,11 @@
 // The open project as the canvas sees it: the manifest (from the API), what the WebSocket says
 // about running takes, and the actions a person can take. Components read it and call it; only
-// this module talks to the API and the socket.
+// this module talks to the API and the socket. Server messages are applied to the project in
+// place (messages.ts); it is fetched again only when a message says more changed than it carries.
 import { api } from './api';
-import { ProjectSocket, type Envelope } from './socket.svelte';
+import { applyMessage, type Refetch } from './messages';
+import type { ServerMessage } from './protocol';
+import { ProjectSocket } from './socket.svelte';
 import type {
   Asset,
   AssetDraft,
@@ -40,8 +43,8 @@ class Studio {
   nodeTypes = $state<Record<string, NodeTypeSpec>>({});
   project = $state<Project | null>(null);
   selectedId = $state<string | null>(null);
-  /** Node states the server announced since the last reload (they win over the manifest's). */
-  states = $state<Record<string, NodeState>>({});
+  /** Nodes whose Generate was sent but not answered yet: shown queued meanwhile. */
+  clicked = $state<Record<string, true>>({});
   live = $state<Record<string, LiveTake>>({});
   errors = $state<Record<string, string>>({});
   /** The project bar's notice (a quality fallback), until dismissed. */
@@ -61,6 +64,12 @@ class Studio {
   #saveTimers = new Map<string, ReturnType<typeof setTimeout>>();
   #saving = new Map<string, Promise<void>>();
   #toastSeq = 0;
+  /** Messages received while a fetch is in flight: applied again to what it brings back. */
+  #journal: ServerMessage[] = [];
+  #inFlight = 0;
+  #nodeFetches = new Set<string>();
+  /** Changes the server confirmed (a node added, moved…): a project fetched before one lacks it. */
+  #edits = 0;
 
   async loadNodeTypes(): Promise<void> {
     this.nodeTypes = await api.nodeTypes();
@@ -84,12 +93,13 @@ class Studio {
     this.socket = null;
     this.project = null;
     this.selectedId = null;
-    this.states = {};
+    this.clicked = {};
     this.live = {};
     this.errors = {};
     this.notice = null;
     this.queue = {};
     this.busyTake = {};
+    this.#journal = [];
   }
 
   async loadTiers(): Promise<void> {
@@ -100,25 +110,91 @@ class Studio {
     }
   }
 
+  /** Fetches the whole project again (after a reconnect, or a change the store cannot apply). */
   async reload(): Promise<void> {
-    if (!this.project) return;
+    const open = this.project;
+    if (!open) return;
+    const edits = this.#edits;
+    let stale = false;
     try {
-      this.#adopt(await api.getProject(this.project.id));
+      const needs = await this.#fetching(api.getProject(open.id), (project) => {
+        if (this.project?.id !== open.id) return false;
+        stale = this.#edits !== edits; // it may predate a change made meanwhile: ask again
+        if (!stale) this.#adopt(project);
+        return !stale;
+      });
+      for (const nodeId of needs) void this.#refetchNode(nodeId);
     } catch (e) {
       this.toast(e);
     }
+    if (stale) await this.reload();
   }
 
   #adopt(project: Project): void {
-    // Edits the server may not have yet stay on top of what it sent.
-    for (const node of project.nodes) {
-      const unsaved = { ...this.#sendingParams.get(node.id), ...this.#pendingParams.get(node.id) };
-      node.params = { ...node.params, ...unsaved };
-    }
+    for (const node of project.nodes) this.#keepUnsaved(node);
     this.project = project;
-    this.states = {};
     if (this.selectedId && !project.nodes.some((n) => n.id === this.selectedId)) {
       this.selectedId = null;
+    }
+  }
+
+  /** Edits the server may not have yet stay on top of what it sent. */
+  #keepUnsaved(node: StudioNode): void {
+    const unsaved = { ...this.#sendingParams.get(node.id), ...this.#pendingParams.get(node.id) };
+    node.params = { ...node.params, ...unsaved };
+  }
+
+  /** Puts a node as the server answered it in place of the store's (its edits kept on top). */
+  #replaceNode(fresh: StudioNode): boolean {
+    const nodes = this.project?.nodes;
+    const at = nodes?.findIndex((n) => n.id === fresh.id) ?? -1;
+    if (!nodes || at < 0) return false;
+    this.#keepUnsaved(fresh);
+    nodes[at] = fresh;
+    return true;
+  }
+
+  /** Fetches one node again: a message named a take the store has not seen. */
+  async #refetchNode(nodeId: string, again = true): Promise<void> {
+    const project = this.project;
+    if (!project || this.#nodeFetches.has(nodeId)) return;
+    this.#nodeFetches.add(nodeId);
+    let needs: string[] = [];
+    try {
+      needs = await this.#fetching(api.getNode(project.id, nodeId), (node) => this.#replaceNode(node));
+    } catch {
+      // The node may be gone meanwhile: the whole project says what is left.
+      needs = [];
+      await this.reload();
+    } finally {
+      this.#nodeFetches.delete(nodeId);
+    }
+    // A take reserved after the answer was made (a second click meanwhile): once more, no more.
+    if (again && needs.includes(nodeId)) void this.#refetchNode(nodeId, false);
+  }
+
+  #refetch(need: Refetch): void {
+    if (need?.scope === 'node') void this.#refetchNode(need.nodeId);
+    else if (need?.scope === 'project') void this.reload();
+  }
+
+  /** Awaits an answer of the server, puts it in the store, then applies again every message
+   * received while it was on its way (the answer may predate them). Returns the nodes whose
+   * takes those messages name but the answer lacks. */
+  async #fetching<T>(request: Promise<T>, put: (answer: T) => boolean): Promise<string[]> {
+    if (this.#inFlight++ === 0) this.#journal = [];
+    const from = this.#journal.length;
+    const needs = new Set<string>();
+    try {
+      const answer = await request;
+      if (!put(answer) || !this.project) return [];
+      for (const message of this.#journal.slice(from)) {
+        const need = applyMessage(this.project, message);
+        if (need?.scope === 'node') needs.add(need.nodeId);
+      }
+      return [...needs];
+    } finally {
+      if (--this.#inFlight === 0) this.#journal = [];
     }
   }
 
@@ -128,6 +204,7 @@ class Studio {
     this.project.quality = quality;
     try {
       await api.setQuality(this.project.id, quality);
+      this.#edits += 1;
     } catch (e) {
       this.project.quality = previous;
       this.toast(e);
@@ -150,8 +227,10 @@ class Studio {
   }
 
   stateOf(node: StudioNode): NodeState {
+    const busy = node.state === 'queued' || node.state === 'generating';
+    if (this.clicked[node.id] && !busy) return 'queued';
     // A failure that made no take (no worker online) is known only from its message.
-    return this.states[node.id] ?? (this.errors[node.id] ? 'error' : node.state);
+    return this.errors[node.id] && !busy ? 'error' : node.state;
   }
 
   activeTake(node: StudioNode): Take | undefined {
@@ -178,6 +257,7 @@ class Studio {
     const project = this.project;
     if (!project) throw new Error('No project is open.');
     const asset = await api.createAsset(project.id, draft);
+    this.#edits += 1;
     // A reload meanwhile may have brought it already.
     const open = this.project;
     if (open?.id === project.id && !open.assets.some((a) => a.id === asset.id)) open.assets.push(asset);
@@ -192,7 +272,11 @@ class Studio {
     if (!project) return null;
     try {
       const node = await api.addNode(project.id, nodeType, position, params);
-      project.nodes.push(node);
+      this.#edits += 1;
+      // A reload meanwhile may have put a new project object in place, with or without it.
+      const open = this.project;
+      if (open?.id !== project.id) return null;
+      if (!open.nodes.some((n) => n.id === node.id)) open.nodes.push(node);
       this.selectedId = node.id;
       return node.id;
     } catch (e) {
@@ -211,6 +295,7 @@ class Studio {
     await this.#all(
       moves.map(({ id }) => api.updateNode(project.id, id, { position: this.node(id)!.position })),
     );
+    this.#edits += 1;
   }
 
   async connect(edge: Omit<StudioEdge, 'id'>): Promise<void> {
@@ -266,16 +351,30 @@ class Studio {
     if (!patch || !project) return;
     this.#pendingParams.delete(nodeId);
     this.#sendingParams.set(nodeId, patch);
-    const saving = api
-      .updateNode(project.id, nodeId, { params: patch })
-      .catch((e) => this.toast(e))
-      .finally(() => {
-        this.#sendingParams.delete(nodeId);
-        this.#saving.delete(nodeId);
-      })
-      .then(() => this.reload()); // downstream nodes may be out of sync now; or undo a refusal
+    const saving = this.#saveNode(project.id, nodeId, patch).finally(() => {
+      this.#sendingParams.delete(nodeId);
+      this.#saving.delete(nodeId);
+    });
     this.#saving.set(nodeId, saving);
     await saving;
+  }
+
+  async #saveNode(projectId: string, nodeId: string, patch: Params): Promise<void> {
+    let refused = false;
+    try {
+      // The answer is the node as saved, with its state (a changed prompt: out of sync).
+      const needs = await this.#fetching(api.updateNode(projectId, nodeId, { params: patch }), (node) => {
+        this.#sendingParams.delete(nodeId);
+        return this.#replaceNode(node);
+      });
+      for (const id of needs) void this.#refetchNode(id);
+    } catch (e) {
+      this.toast(e);
+      refused = true;
+    }
+    // A refusal is undone by the project as the server has it; a value that feeds other nodes
+    // changes their states, which the answer does not carry.
+    if (refused || this.project?.edges.some((e) => e.source === nodeId)) await this.reload();
   }
 
   // --- takes -------------------------------------------------------------------------------
@@ -283,11 +382,11 @@ class Studio {
   async generate(nodeId: string): Promise<void> {
     await this.flush(nodeId);
     delete this.errors[nodeId];
-    if (!this.socket?.send('client:start_generation', { node_id: nodeId })) {
+    if (!this.socket?.send({ type: 'client:start_generation', payload: { node_id: nodeId } })) {
       this.toast('Not connected to the studio server: try again when the connection is back.');
       return;
     }
-    this.states[nodeId] = 'queued';
+    this.clicked[nodeId] = true;
   }
 
   /** Cancels the take the node is busy with: it leaves the queue, or stops at the next step. */
@@ -297,7 +396,7 @@ class Studio {
       this.busyTake[nodeId] ??
       node?.takes.findLast((t) => t.status === 'queued' || t.status === 'generating')?.id;
     if (!takeId) return;
-    if (!this.socket?.send('client:cancel_generation', { take_id: takeId })) {
+    if (!this.socket?.send({ type: 'client:cancel_generation', payload: { take_id: takeId } })) {
       this.toast('Not connected to the studio server: try again when the connection is back.');
     }
   }
@@ -308,74 +407,83 @@ class Studio {
     if (!project || !node) return;
     node.active_take = takeId;
     try {
-      await api.setActiveTake(project.id, nodeId, takeId);
+      // The answer carries the node's state (completed, or out of sync with an older take).
+      const answer = api.setActiveTake(project.id, nodeId, takeId);
+      const needs = await this.#fetching(answer, (n) => this.#replaceNode(n));
+      for (const id of needs) void this.#refetchNode(id);
     } catch (e) {
       this.toast(e);
+      await this.reload(); // shows the active take the server kept
+      return;
     }
-    await this.reload();
+    // What the node feeds downstream changed; their states are not in the answer.
+    if (project.edges.some((e) => e.source === nodeId)) await this.reload();
   }
 
   // --- server messages ---------------------------------------------------------------------
 
-  #receive({ type, payload }: Envelope): void {
-    const nodeId = payload.node_id as string;
-    switch (type) {
+  #receive(message: ServerMessage): void {
+    if (this.#inFlight > 0) this.#journal.push(message);
+    if (this.project) this.#refetch(applyMessage(this.project, message));
+    // What lives beside the project: running takes, queue places, errors, notices.
+    switch (message.type) {
       case 'server:node_state_updated': {
-        this.states[nodeId] = payload.state as NodeState;
-        const takeId = payload.take_id as string | null;
-        const place = payload.queue as QueuePlace | null;
+        const { node_id: nodeId, state, take_id: takeId, queue: place } = message.payload;
+        delete this.clicked[nodeId];
         if (place && takeId) this.queue[nodeId] = { ...place, takeId };
         else if (takeId && this.queue[nodeId]?.takeId === takeId) delete this.queue[nodeId];
-        if (takeId && (payload.state === 'queued' || payload.state === 'generating')) {
-          this.busyTake[nodeId] = takeId;
-        }
-        if (payload.state !== 'generating' && payload.state !== 'queued') {
+        if (takeId && (state === 'queued' || state === 'generating')) this.busyTake[nodeId] = takeId;
+        if (state !== 'generating' && state !== 'queued') {
           delete this.live[nodeId];
           delete this.queue[nodeId];
           delete this.busyTake[nodeId];
         }
-        void this.reload(); // the takes changed (one reserved, started or finished)
         break;
       }
-      case 'server:task_cancelled':
-        delete this.live[nodeId];
-        if (this.queue[nodeId]?.takeId === payload.take_id) delete this.queue[nodeId];
-        void this.reload();
-        break;
-      case 'server:tier_states':
-        this.tiers = (payload.tiers as TierState[]) ?? [];
-        break;
       case 'server:task_progress': {
+        const { node_id: nodeId, take_id: takeId, progress, step, preview_path } = message.payload;
         const previous = this.live[nodeId];
-        this.states[nodeId] = 'generating';
-        if (this.queue[nodeId]?.takeId === payload.take_id) delete this.queue[nodeId];
+        delete this.clicked[nodeId];
+        if (this.queue[nodeId]?.takeId === takeId) delete this.queue[nodeId];
         this.live[nodeId] = {
-          progress: Number(payload.progress) || 0,
-          step: String(payload.step ?? ''),
-          previewPath: (payload.preview_path as string | null) ?? previous?.previewPath ?? null,
+          progress,
+          step,
+          previewPath: preview_path ?? previous?.previewPath ?? null,
           previewVersion: (previous?.previewVersion ?? 0) + 1,
         };
         break;
       }
       case 'server:task_success':
         // The progress bar stays until the node's state says no take is running any more.
-        delete this.errors[nodeId];
-        void this.reload();
+        delete this.errors[message.payload.node_id];
         break;
-      case 'server:task_failed':
+      case 'server:task_failed': {
+        const nodeId = message.payload.node_id;
+        delete this.clicked[nodeId];
         delete this.live[nodeId];
-        this.errors[nodeId] = String(payload.error ?? 'The generation failed.');
-        this.states[nodeId] = 'error';
-        void this.reload();
+        this.errors[nodeId] = message.payload.error;
+        break;
+      }
+      case 'server:task_cancelled': {
+        const { node_id: nodeId, take_id: takeId } = message.payload;
+        delete this.live[nodeId];
+        if (this.queue[nodeId]?.takeId === takeId) delete this.queue[nodeId];
+        break;
+      }
+      case 'server:tier_states':
+        this.tiers = message.payload.tiers;
         break;
       case 'server:quality_fallback': {
-        const why = payload.reason ? ` (${payload.reason})` : '';
-        this.notice = `Rendering at ${payload.used} quality instead of ${payload.requested}${why}`;
+        const { used, requested, reason } = message.payload;
+        const why = reason ? ` (${reason})` : '';
+        this.notice = `Rendering at ${used} quality instead of ${requested}${why}`;
         break;
       }
       case 'server:error':
-        this.toast(String(payload.reason ?? 'The server refused the request.'));
-        void this.reload(); // drops the 'queued' shown for a refused Generate
+        this.toast(message.payload.reason || 'The server refused the request.');
+        // A refused Generate made no take; the refusal does not name its node, so every click
+        // still unanswered stops showing "queued" (one that was accepted is announced anyway).
+        if (message.payload.request_type === 'client:start_generation') this.clicked = {};
         break;
     }
   }

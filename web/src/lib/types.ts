@@ -1,9 +1,9 @@
 // The shapes the API sends (docs/api.md), as far as the canvas reads them: project.json's models
-// (studio/manifest.py) and GET /api/node-types.
+// (studio/manifest.py) and GET /api/node-types. What the WebSocket carries is generated from the
+// server's models (protocol.ts); the types both share come from there.
+import type { NodeState, Quality } from './protocol';
 
-export type Quality = 'low' | 'standard' | 'high';
-
-export type NodeState = 'idle' | 'queued' | 'generating' | 'completed' | 'error' | 'out_of_sync';
+export type { NodeState, Quality, QueuePlace, TierState } from './protocol';
 
 export type SocketType =
   | 'String'
@@ -54,23 +54,6 @@ export interface Position {
 }
 
 export type TakeStatus = 'queued' | 'generating' | 'completed' | 'failed' | 'cancelled';
-
-/** Where a queued take waits (server:node_state_updated `queue`, api/messages.py QueuePlace). */
-export interface QueuePlace {
-  tier: Quality;
-  position: number;
-  reason: string;
-}
-
-/** One tier as /healthz and server:tier_states describe it (api/messages.py TierState). */
-export interface TierState {
-  tier: Quality;
-  state: 'starting' | 'online' | 'offline';
-  workers: number;
-  queued: number;
-  generating: number;
-  problem: string | null;
-}
 
 export interface Take {
   id: string;
