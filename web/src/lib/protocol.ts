@@ -21,6 +21,9 @@ export type ServerMessage =
  * derived from the node's takes (studio.graph.node_state): `queued` between the click and a worker picking the take up, `generating`, `completed`, `error`, `out_of_sync` (the active take no longer matches the node), `idle`
  */
 export type NodeState = 'idle' | 'queued' | 'generating' | 'completed' | 'error' | 'out_of_sync';
+/**
+ * A project's quality tier; the runner's settings per tier are in ``runners/flux/tiers``.
+ */
 export type Quality = 'low' | 'standard' | 'high';
 /**
  * client -> server
