@@ -41,10 +41,16 @@ def session_root() -> Path:
 
 # Without servers but seconds each (torch and a pipeline, subprocesses, 50 processes): not in
 # `make test-fast`, which keeps the domain and unit tests under half a minute.
-_SLOW_MODULE_PREFIXES = ("test_runner_flux_", "test_flux_bench", "test_cli")
+_SLOW_MODULE_PREFIXES = ("test_runner_flux_", "test_flux_bench", "test_cli", "test_gpus",
+                         "test_docker_compose", "test_prefect_retries")
 _SLOW_TESTS = {
     "test_50_concurrent_allocations_in_processes_get_50_distinct_takes",
+    "test_50_concurrent_allocations_in_threads_get_50_distinct_takes",
     "test_a_process_killed_while_saving_leaves_a_manifest_that_loads",
+    "test_a_batch_keeps_at_most_its_concurrency_in_flight_and_reserves_takes_in_plan_order",
+    "test_metrics_are_prometheus_text_with_every_tier_even_while_prefect_is_down",
+    "test_the_server_refuses_a_non_loopback_host_without_a_token",
+    "test_the_command_explains_itself",
 }
 
 
@@ -55,6 +61,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "prefect_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.stack)
-        elif item.path.name.startswith(_SLOW_MODULE_PREFIXES) or item.name in _SLOW_TESTS:
+        elif (item.path.name.startswith(_SLOW_MODULE_PREFIXES)
+              or getattr(item, "originalname", item.name) in _SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: "prefect_restart" in item.nodeid)
