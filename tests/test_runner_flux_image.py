@@ -61,7 +61,10 @@ def test_one_dockerfile_builds_the_runner_and_the_flow_run_image_as_uid_1000() -
     assert runner_sources == {"runners/__init__.py", "runners/flux/",
                               "runners/flux/run_flux_generation.py"}
     assert ("WORKDIR", "/app") in studio["instructions"]
-    # Every COPY source exists in the build context (the repository root).
+    # Every COPY source exists in the build context (the repository root) and is sent to the
+    # builder: the ignore file excludes everything it does not name again.
+    ignore = (FLUX / "Dockerfile.dockerignore").read_text().splitlines()
+    sent = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     for stage in by_name.values():
         for op, args in stage["instructions"]:
             if op == "COPY" and "--from=" not in args:
@@ -69,6 +72,7 @@ def test_one_dockerfile_builds_the_runner_and_the_flow_run_image_as_uid_1000() -
                     source = source.replace("${RUNNER_REQUIREMENTS}",
                                             "runners/flux/requirements.txt")
                     assert (REPO / source).exists(), source
+                    assert source.split("/")[0] in sent, f"{source} is not in the build context"
 
 
 def test_requirements_are_pinned_ranges_with_torch_from_the_cuda_index() -> None:
