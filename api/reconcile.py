@@ -225,7 +225,8 @@ class Reconciler:
             tier_online_for=online_for, tier_idle_for=idle_for,
             worker_gone=is_abandoned(root, take, _stale_after()),
             cancel_requested=cancel_requested(root, take.id), attempts=take.attempts,
-            hand_outs=take.hand_outs, submitting=take.id in self.relay.handing_out)
+            hand_outs=take.hand_outs, submitting=take.id in self.relay.handing_out,
+            batch=take.flow_run_id is not None)
 
     async def _one(self, project_id: str, node_id: str, take: Take) -> str | None:
         facts = await asyncio.to_thread(self.facts, take)

@@ -57,6 +57,7 @@ class Facts:
     attempts: int = 0
     hand_outs: int = 0
     submitting: bool = False  # this process is handing it out right now
+    batch: bool = False  # reserved by a batch run, which renders it itself
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ def decide(f: Facts, lost_after: float = LOST_AFTER_SECONDS,
     if f.submitting:
         return WAIT
     if not f.has_run:
-        if f.waited < submit_after:
+        # A batch's take starts in the batch's own process once a slot is free: a task worker
+        # handed it too would render it twice (the batch's copy then fails as already done).
+        if f.batch or f.waited < submit_after:
             return WAIT
         return Decision(Action.submit, "reserved but never handed to Prefect")
     # Each hand-out again waits longer: on a loaded machine a worker may take seconds to pick up

@@ -171,10 +171,15 @@ def _prepare(store: ProjectStore, project_id: str, planned: PlannedTake,
     try:
         return prepare_take(store, project_id, node.id, quality_requested=quality,
                             quality_used=quality, seed=planned.seed,
-                            overrides=planned.overrides or None)
+                            overrides=planned.overrides or None, flow_run_id=_flow_run_id())
     except (ValueError, LookupError) as exc:  # the node cannot be rendered as it stands
         label = f"{display_shot(node.shot.shot)} (seed {planned.seed})"
         return TakeOutcome(planned, "skipped", label, reason=str(exc))
+
+
+def _flow_run_id() -> str | None:
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
 
 
 def _batch_task(quality: Quality) -> Task[..., Any]:

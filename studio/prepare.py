@@ -30,6 +30,7 @@ def prepare_in(
     quality_used: Quality | str,
     seed: int | None = None,
     overrides: dict[str, Any] | None = None,
+    flow_run_id: str | None = None,
 ) -> TakeJob:
     """Resolve the node in `project` (being edited under its lock) and reserve its next take.
 
@@ -53,6 +54,7 @@ def prepare_in(
         pipeline_id=TIERS[Quality(quality_used)].pipeline_id,
         params=params,
         fingerprint=node_fingerprint,
+        flow_run_id=flow_run_id,
     )
 
 
@@ -65,11 +67,13 @@ def prepare_take(
     quality_used: Quality | str,
     seed: int | None = None,
     overrides: dict[str, Any] | None = None,
+    flow_run_id: str | None = None,
 ) -> TakeJob:
     """`prepare_in` in its own locked edit: the job a tier task runs. The output path comes from
-    the take allocation, never from a client."""
+    the take allocation, never from a client. `flow_run_id`: the batch run that renders the take
+    itself (the studio API's reconciler leaves such a take to it)."""
     with store.edit(project_id) as project:
         job = prepare_in(project, store.project_dir(project_id), node_id,
                          quality_requested=quality_requested, quality_used=quality_used,
-                         seed=seed, overrides=overrides)
+                         seed=seed, overrides=overrides, flow_run_id=flow_run_id)
     return job

@@ -77,9 +77,11 @@ def reserve(
     pipeline_id: str,
     params: GenerationParams,
     fingerprint: str,
+    flow_run_id: str | None = None,
 ) -> TakeJob:
     """Allocate the node's next take number and path in `project` (being edited under its lock)
-    and record the take as queued; returns its job.
+    and record the take as queued (owned by `flow_run_id` when a batch run renders it); returns
+    its job.
 
     The number is past every take in the manifest and skips any file already on disk (e.g. left
     by a take the manifest lost), so no render is ever overwritten.
@@ -101,6 +103,7 @@ def reserve(
         quality_requested=Quality(quality_requested),
         quality_used=Quality(quality_used),
         created_at=now(),
+        flow_run_id=flow_run_id,
     )
     node.takes.append(take)
     return take_job(project.id, node, take)

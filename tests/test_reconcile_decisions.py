@@ -74,6 +74,11 @@ def test_a_reserved_take_never_handed_out_is_submitted_after_a_grace() -> None:
     assert decide(replace(fresh, waited=30)).action == Action.submit
 
 
+def test_a_batch_take_waiting_for_its_batch_slot_is_never_handed_to_a_task_worker() -> None:
+    waiting = replace(LOST, has_run=False, run_state=Unknown.not_asked, waited=3600, batch=True)
+    assert decide(waiting).action == Action.wait
+
+
 def test_a_take_being_handed_out_by_its_dispatcher_is_not_touched() -> None:
     busy = replace(LOST, has_run=False, waited=30, submitting=True)
     assert decide(busy).action == Action.wait
