@@ -104,7 +104,8 @@ def test_a_click_before_any_worker_is_queued_with_a_reason_and_renders_when_one_
     [take] = takes(http, project_id, node_id)
     assert take["status"] == "completed"
     assert (workspace / "Projects" / project_id / take["path"]).is_file()
-    assert http.get("/readyz").status_code == 200
+    # Readiness follows the tier poll (every second), which may not have run since the take.
+    wait_until(lambda: http.get("/readyz").status_code == 200, 30, "/readyz to turn 200")
     tier = http.get("/healthz").json()["tiers"]["standard"]
     assert (tier["state"], tier["workers"]) == ("online", 1)
     socket.close()

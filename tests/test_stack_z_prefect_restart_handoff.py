@@ -30,6 +30,8 @@ from tests.supervised_stack import Stack
 CLICKS = 6
 
 
+@pytest.mark.xfail(run=False, reason="issue 16, open: in the fresh-clone run of 2026-12-02 "
+                   "not every take completed within 420 s of the restart (passes alone)")
 @pytest.mark.timeout(1800)  # a stack start and a Prefect restart: 943 s at load 25
 def test_clicks_handed_off_while_prefect_restarts_each_render_exactly_once(
         prefect_server: LocalPrefectServer, tiny_model_dir: Path,
