@@ -28,6 +28,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
 from pydantic import Field
 
 from runners.gpus import apply_gpu_map
@@ -171,15 +172,11 @@ def _prepare(store: ProjectStore, project_id: str, planned: PlannedTake,
     try:
         return prepare_take(store, project_id, node.id, quality_requested=quality,
                             quality_used=quality, seed=planned.seed,
-                            overrides=planned.overrides or None, flow_run_id=_flow_run_id())
+                            overrides=planned.overrides or None,
+                            flow_run_id=flow_run.get_id())
     except (ValueError, LookupError) as exc:  # the node cannot be rendered as it stands
         label = f"{display_shot(node.shot.shot)} (seed {planned.seed})"
         return TakeOutcome(planned, "skipped", label, reason=str(exc))
-
-
-def _flow_run_id() -> str | None:
-    ctx = FlowRunContext.get()
-    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
 
 
 def _batch_task(quality: Quality) -> Task[..., Any]:

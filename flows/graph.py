@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from studio.batch import BatchQuality, find_node, find_project
 from studio.graph import execution_plan, fingerprint, node_state
@@ -36,7 +37,10 @@ def evaluate_node(project_id: str, node_id: str, node_fingerprint: str) -> str:
 
 
 def _render(store: ProjectStore, project_id: str, node_id: str, q: Quality) -> dict[str, Any]:
-    job = prepare_take(store, project_id, node_id, quality_requested=q, quality_used=q)
+    # Reserved under this flow run, which renders it itself (the studio API's reconciler
+    # leaves such a take alone).
+    job = prepare_take(store, project_id, node_id, quality_requested=q, quality_used=q,
+                       flow_run_id=flow_run.get_id())
     with tags(*take_tags(job)):
         return tier_task(q).with_options(cache_policy=NO_CACHE)(job)
 
