@@ -274,9 +274,16 @@ class Relay:
     async def publish_state(self, project_id: str, node_id: str, take_id: str | None,
                             task_id: str | None, state: NodeState | None = None,
                             place: QueuePlace | None = None, attempt: int | None = None) -> None:
-        """node_state_updated: `state` as given, or derived from project.json when it is sent."""
+        """node_state_updated: `state` as given, or derived from project.json when it is sent.
+        A queue place is sent only while its take is still queued when the message is built
+        (under the project's lock): a take that ended meanwhile gets no place after its result."""
         async def build() -> list[Message]:
-            project = None if state else await self._load(project_id)
+            project = None if state and place is None else await self._load(project_id)
+            if place is not None and take_id is not None:
+                node = project.get_node(node_id) if project else None
+                take = node.get_take(take_id) if node else None
+                if take is None or take.status != TakeStatus.queued or self.ended(take_id):
+                    return []
             return node_state_message(project, node_id, take_id=take_id, task_id=task_id,
                                       state=state, queue=place, attempt=attempt)
 

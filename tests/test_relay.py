@@ -16,6 +16,7 @@ from typing import Any
 from prefect.events import Event
 
 from api.hub import Client, Hub
+from api.messages import QueuePlace
 from api.relay import Relay
 from api.tiers import Tiers
 from studio.manifest import TakeStatus
@@ -165,3 +166,21 @@ def test_events_of_another_project_never_reach_this_projects_sockets(tmp_path: P
         await relay.handle(event(TakeProgress(**ids(project_id="Other"), progress=10)))
 
     assert sent_to_socket(store, script) == []
+
+
+def test_a_queue_place_is_sent_only_while_its_take_is_still_queued(tmp_path: Path) -> None:
+    project = odyssey()
+    queued = add_take(project, NODE, TakeStatus.queued)
+    done = add_take(project, NODE, TakeStatus.completed)
+    store = stored(tmp_path, project)
+    place = QueuePlace(tier=Quality.standard, position=1, reason="waiting for a standard GPU "
+                       "worker (none is online yet)")
+
+    async def script(relay: Relay) -> None:
+        for take in (queued, done):  # a re-queue announced after the take ended: nothing
+            await relay.publish_state(PROJECT, NODE, take.id, "run-1", place=place)
+
+    sent = sent_to_socket(store, script)
+
+    assert [(m["payload"]["take_id"], m["payload"]["state"]) for m in sent] == [
+        (queued.id, "queued")]
