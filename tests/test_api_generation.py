@@ -139,9 +139,6 @@ def test_high_quality_with_only_a_standard_worker_falls_back_and_says_so(api: Ap
     socket.close()
 
 
-@pytest.mark.xfail(strict=False, reason="issue 16, open: in the fresh-clone run of "
-                   "2026-12-02 the node's last state message after 20 successes said "
-                   "'queued' (a queue place sent after the takes ended)")
 def test_twenty_clicks_at_once_make_twenty_takes_each_reported_once(api: ApiServer,
                                                                     http) -> None:
     project_id = new_project(http, "Twenty Clicks")
