@@ -26,7 +26,7 @@ from api.hub import Hub, Message
 from api.messages import QueuePlace, TaskCancelled, TaskProgress, TierStates, server_message
 from api.tiers import Tiers
 from api.views import failed_message, node_state_message, state_of, success_message
-from studio.manifest import Project, TakeStatus
+from studio.manifest import Project, Take, TakeStatus
 from studio.nodes import NodeState
 from studio.store import ProjectNotFound, ProjectStore
 from studio.take_events import (
@@ -264,6 +264,14 @@ class Relay:
         except (ProjectNotFound, ValueError):
             return None
 
+    def _queued_take(self, project: Project | None, node_id: str, take_id: str) -> Take | None:
+        """The take, if it is still queued in `project` and its result was not announced."""
+        node = project.get_node(node_id) if project else None
+        take = node.get_take(take_id) if node else None
+        if take is None or take.status != TakeStatus.queued or self.ended(take_id):
+            return None
+        return take
+
     def place(self, tier: Quality | None, take_id: str) -> QueuePlace | None:
         """The take's place in its tier's queue, remembered as sent."""
         place = self.tiers.place(tier, take_id) if tier is not None else None
@@ -279,11 +287,9 @@ class Relay:
         (under the project's lock): a take that ended meanwhile gets no place after its result."""
         async def build() -> list[Message]:
             project = None if state and place is None else await self._load(project_id)
-            if place is not None and take_id is not None:
-                node = project.get_node(node_id) if project else None
-                take = node.get_take(take_id) if node else None
-                if take is None or take.status != TakeStatus.queued or self.ended(take_id):
-                    return []
+            if place is not None and take_id is not None and \
+                    self._queued_take(project, node_id, take_id) is None:
+                return []
             return node_state_message(project, node_id, take_id=take_id, task_id=task_id,
                                       state=state, queue=place, attempt=attempt)
 
@@ -323,11 +329,10 @@ class Relay:
                 project = await self._load(project_id)
                 messages: list[Message] = []
                 for node_id, take_id, place in items:
-                    node = project.get_node(node_id) if project else None
-                    take = node.get_take(take_id) if node else None
                     # Built under the project's lock from project.json: a take that started
                     # meanwhile gets no stale "queued" after its "generating".
-                    if take is None or take.status != TakeStatus.queued or self.ended(take_id):
+                    take = self._queued_take(project, node_id, take_id)
+                    if take is None:
                         continue
                     self._sent_place[take_id] = (place.position, place.reason)
                     messages += node_state_message(project, node_id, take_id=take_id,
