@@ -112,7 +112,8 @@ def test_a_click_renders_a_take_on_the_warm_worker_and_records_it_everywhere(
     node_id = add_text_to_image(store, project.id, shot="SHOT_015", scene="SCENE_02")
     events_file = logs / "events.jsonl"
     follower = Proc(
-        [sys.executable, "-m", "tests.tools.follow_events", project.id, str(events_file)],
+        [sys.executable, "-m", "tests.tools.follow_events", project.id, node_id,
+         str(events_file)],
         env,
         logs / "follower.log",
     )
@@ -141,10 +142,12 @@ def test_a_click_renders_a_take_on_the_warm_worker_and_records_it_everywhere(
 
         events = wait_until(seen, 30, "the succeeded event in the subscriber")
         names = [e["event"] for e in events]
-        assert names[0] == "studio.take.started"
+        assert names[0] == "studio.take.started", events[0]
+        assert names.count("studio.take.started") == 1, names
         progress = [e["payload"]["progress"] for e in events if e["event"].endswith("progress")]
         assert progress == sorted(progress) and progress[-1] == 100
-        assert {e["resource"]["studio.node"] for e in events} == {node_id}
+        take_resource = f"studio.take.{job.take_id}"
+        assert {e["resource"]["prefect.resource.id"] for e in events} == {take_resource}
         assert {e["resource"]["studio.task-run"] for e in events} == {task_run_id}
     finally:
         follower.kill()
