@@ -166,12 +166,15 @@ def start_take(
     task_run_id: str | None = None,
     flow_run_id: str | None = None,
 ) -> Take:
-    """Mark a take generating; each start (a retry too) counts as an attempt."""
+    """Mark a take generating; each start (a retry too) counts as an attempt.
+
+    Only a take still in flight starts: a copy of a task run delivered after its take ended
+    (completed, failed or cancelled) must never render it again."""
     with store.edit(project_id) as project:
         _, take = _take(project, node_id, take_id)
-        if take.status in (TakeStatus.completed, TakeStatus.cancelled):
-            raise TakeError(f"take {take.number} of node {node_id} is already {take.status}",
-                            take.status)
+        if take.status not in (TakeStatus.queued, TakeStatus.generating):
+            raise TakeError(f"take {take.number} of node {node_id} is already {take.status}; "
+                            "an ended take is never started again", take.status)
         take.status = TakeStatus.generating
         take.started_at = now()
         take.attempts += 1

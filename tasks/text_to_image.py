@@ -156,8 +156,9 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State
         try:
             take = start_take(store, job.project_id, job.node_id, job.take_id,
                               task_run_id=task_run_id, flow_run_id=flow_run_id)
-        except TakeError as exc:  # delivered again after it completed or was cancelled
-            log.warning("skipping %s: %s", take_label(job), exc)
+        except TakeError as exc:  # a copy of its run delivered after the take ended
+            log.warning("skipping %s (task run %s): %s; nothing rendered", take_label(job),
+                        task_run_id, exc)
             if exc.status == TakeStatus.cancelled:  # no second read of project.json
                 return Cancelled(message=f"{take_label(job)} was cancelled before it started")
             return {**result_of, "skipped": str(exc)}

@@ -143,6 +143,54 @@ def test_starting_a_take_marks_it_generating_and_counts_attempts(store: ProjectS
     assert node_state(store.load("Project_Odyssey"), "shot15") == NodeState.generating
 
 
+def _ended(store: ProjectStore, how: str) -> str:
+    """A take of shot15 that ended `how`: completed (its file written), failed or cancelled."""
+    _, take_id = _reserved_take(store)
+    if how == "completed":
+        render(store, _take_of(store, take_id).path)
+        complete_take(store, "Project_Odyssey", "shot15", take_id, timings={})
+    elif how == "failed":
+        fail_take(store, "Project_Odyssey", "shot15", take_id, "out of GPU memory")
+    else:
+        cancel_if_queued(store, "Project_Odyssey", "shot15", take_id)
+    return take_id
+
+
+def test_a_failed_take_never_starts_again(store: ProjectStore) -> None:
+    take_id = _ended(store, "failed")
+
+    with pytest.raises(TakeError, match="take 1 of node shot15 is already failed") as raised:
+        start_take(store, "Project_Odyssey", "shot15", take_id, task_run_id="late-copy")
+
+    assert raised.value.status == TakeStatus.failed
+    take = _take_of(store, take_id)
+    assert (take.status, take.attempts, take.error) == ("failed", 0, "out of GPU memory")
+    assert take.task_run_id is None  # the late copy's run is not recorded either
+
+
+def test_a_cancelled_take_never_starts_again(store: ProjectStore) -> None:
+    take_id = _ended(store, "cancelled")
+
+    with pytest.raises(TakeError, match="take 1 of node shot15 is already cancelled") as raised:
+        start_take(store, "Project_Odyssey", "shot15", take_id, task_run_id="late-copy")
+
+    assert raised.value.status == TakeStatus.cancelled
+    assert (_take_of(store, take_id).status, _take_of(store, take_id).attempts) == (
+        "cancelled", 0)
+
+
+def test_a_completed_take_never_starts_again(store: ProjectStore) -> None:
+    take_id = _ended(store, "completed")
+
+    with pytest.raises(TakeError, match="take 1 of node shot15 is already completed") as raised:
+        start_take(store, "Project_Odyssey", "shot15", take_id, task_run_id="late-copy")
+
+    assert raised.value.status == TakeStatus.completed
+    node = store.load("Project_Odyssey").get_node("shot15")
+    assert (node.takes[0].status, node.takes[0].attempts, node.active_take) == (
+        "completed", 0, take_id)
+
+
 def test_a_completed_take_becomes_the_active_take(store: ProjectStore) -> None:
     _, rel = reserve(store)
     take_id = store.load("Project_Odyssey").nodes[4].takes[0].id
