@@ -157,6 +157,16 @@ def claim_hand_out(store: ProjectStore, project_id: str, node_id: str, take: Tak
     return True
 
 
+def _batch_retry(take: Take, task_run_id: str | None, flow_run_id: str | None) -> bool:
+    """Prefect retrying a batch's failed attempt (an infrastructure failure, tasks/retry.py):
+    the same task run, again, inside the flow run that reserved the take. The attempt was
+    recorded failed before Prefect decided to retry it. A task worker's run has no flow run, so
+    a late copy of one is never taken for this."""
+    return (take.status == TakeStatus.failed and take.flow_run_id is not None
+            and flow_run_id == take.flow_run_id
+            and task_run_id is not None and task_run_id == take.task_run_id)
+
+
 def start_take(
     store: ProjectStore,
     project_id: str,
@@ -169,10 +179,12 @@ def start_take(
     """Mark a take generating; each start (a retry too) counts as an attempt.
 
     Only a take still in flight starts: a copy of a task run delivered after its take ended
-    (completed, failed or cancelled) must never render it again."""
+    (completed, failed or cancelled) must never render it again. The one exception is a
+    batch's own retry (`_batch_retry`)."""
     with store.edit(project_id) as project:
         _, take = _take(project, node_id, take_id)
-        if take.status not in (TakeStatus.queued, TakeStatus.generating):
+        if take.status not in (TakeStatus.queued, TakeStatus.generating) and not _batch_retry(
+                take, task_run_id, flow_run_id):
             raise TakeError(f"take {take.number} of node {node_id} is already {take.status}; "
                             "an ended take is never started again", take.status)
         take.status = TakeStatus.generating

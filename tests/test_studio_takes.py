@@ -13,6 +13,7 @@ from studio.graph import fingerprint, node_state, resolve_inputs, to_generation_
 from studio.jobs import GenerationParams
 from studio.manifest import Shot, TakeStatus, save_project
 from studio.nodes import NodeState
+from studio.prepare import prepare_take
 from studio.store import ProjectStore
 from studio.takes import (
     TakeError,
@@ -166,6 +167,25 @@ def test_a_failed_take_never_starts_again(store: ProjectStore) -> None:
     take = _take_of(store, take_id)
     assert (take.status, take.attempts, take.error) == ("failed", 0, "out of GPU memory")
     assert take.task_run_id is None  # the late copy's run is not recorded either
+
+
+def test_a_batchs_failed_attempt_is_started_again_only_by_its_own_retry(
+        store: ProjectStore) -> None:
+    # Prefect retries an infrastructure failure as the same task run in the batch's flow run.
+    job = prepare_take(store, "Project_Odyssey", "shot15", quality_requested="standard",
+                       quality_used="standard", flow_run_id="batch-1")
+    start_take(store, "Project_Odyssey", "shot15", job.take_id, task_run_id="run-1",
+               flow_run_id="batch-1")
+    fail_take(store, "Project_Odyssey", "shot15", job.take_id, "the runner was killed")
+
+    for task_run, flow_run in (("run-2", "batch-1"), ("run-1", None), ("run-1", "batch-2")):
+        with pytest.raises(TakeError, match="is already failed"):
+            start_take(store, "Project_Odyssey", "shot15", job.take_id, task_run_id=task_run,
+                       flow_run_id=flow_run)
+    take = start_take(store, "Project_Odyssey", "shot15", job.take_id, task_run_id="run-1",
+                      flow_run_id="batch-1")
+
+    assert (take.status, take.attempts, take.error) == ("generating", 2, None)
 
 
 def test_a_cancelled_take_never_starts_again(store: ProjectStore) -> None:
