@@ -82,6 +82,18 @@ class Stack:
         os.killpg(pid, signal.SIGKILL)
         return pid
 
+    def freeze_child(self, name: str) -> int:
+        """SIGSTOP: the child does nothing more (no take finished, none picked up) until the
+        stack's stop kills it — a machine that stops with work in flight."""
+        pid = self.pid(name)
+        os.killpg(pid, signal.SIGSTOP)
+        return pid
+
+    def log(self, name: str) -> str:
+        """A child's log (`<workspace>/.studio/logs/<name>.log`), "" before it has one."""
+        path = self.workspace / ".studio" / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
 
