@@ -7,6 +7,7 @@ and read every project, so it is not put on a network open to anyone.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -30,6 +31,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from api.app import create_app
     from api.settings import Settings
+
+    # The gateway's own lines (the reconciler's hand-outs, retries, failures) in the API's log,
+    # where ops look when a take took long: Prefect's logging set-up keeps the root at WARNING.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    gateway_log = logging.getLogger("api")
+    gateway_log.addHandler(handler)
+    gateway_log.setLevel(logging.INFO)
+    gateway_log.propagate = False
 
     settings = Settings()
     if args.host not in WILDCARDS:  # the address it listens on is one of its own names

@@ -108,6 +108,11 @@ class Dispatcher:
         async with self._reserving:
             reserved = await asyncio.to_thread(reserve_click, self.store, project_id, node_id,
                                                self.tiers.views())
+            # From its reservation on, the reconciler leaves the take to this dispatcher: in a
+            # burst a take waits its turn in the line below for many seconds, and a reconciler
+            # that took it for abandoned would hand it out a second time.
+            take_id = reserved.job.take_id
+            self.relay.handing_out.add(take_id)
             hand_out = self._hand_out[reserved.job.quality_used]
             # Joins its tier's line now, while no later reservation can get ahead of it.
             turn = asyncio.ensure_future(hand_out.acquire())
@@ -115,6 +120,7 @@ class Dispatcher:
             await turn
             return await self._hand_out_take(reserved, reply)
         finally:
+            self.relay.handing_out.discard(take_id)
             if turn.done() and not turn.cancelled():
                 hand_out.release()
 
@@ -125,27 +131,23 @@ class Dispatcher:
                 node_id=job.node_id, requested=job.quality_requested, used=job.quality_used,
                 reason=reserved.fallback)))
         self.relay.track(job.project_id, job.node_id, job.take_id)
-        self.relay.handing_out.add(job.take_id)
+        await self.tiers.enqueue(job.quality_used, job.project_id, job.node_id, job.take_id)
+        place = self.relay.place(job.quality_used, job.take_id)
+
+        # The client sees the take queued (and where) before it is handed out, so this
+        # message can never arrive after the worker's own "generating".
+        async def queued() -> list[Message]:
+            return node_state_message(reserved.project, job.node_id, take_id=job.take_id,
+                                      queue=place)
+
+        await self.hub.publish(job.project_id, queued)
         try:
-            await self.tiers.enqueue(job.quality_used, job.project_id, job.node_id, job.take_id)
-            place = self.relay.place(job.quality_used, job.take_id)
-
-            # The client sees the take queued (and where) before it is handed out, so this
-            # message can never arrive after the worker's own "generating".
-            async def queued() -> list[Message]:
-                return node_state_message(reserved.project, job.node_id, take_id=job.take_id,
-                                          queue=place)
-
-            await self.hub.publish(job.project_id, queued)
-            try:
-                task_run_id = await asyncio.to_thread(self._submit, job)
-            except Exception as exc:
-                # Prefect unreachable: the take stays queued in project.json and the
-                # reconciler hands it out once Prefect answers again. Nothing is lost.
-                log.warning("take %s reserved but not handed out yet: %s", job.take_id, exc)
-                return None
-        finally:
-            self.relay.handing_out.discard(job.take_id)
+            task_run_id = await asyncio.to_thread(self._submit, job)
+        except Exception as exc:
+            # Prefect unreachable: the take stays queued in project.json and the
+            # reconciler hands it out once Prefect answers again. Nothing is lost.
+            log.warning("take %s reserved but not handed out yet: %s", job.take_id, exc)
+            return None
         self.relay.emit(TakeQueued.of_job(job, task_run_id, why="dispatch"))
         return task_run_id
 

@@ -146,12 +146,14 @@ def record_submission(store: ProjectStore, project_id: str, node_id: str, take_i
 
 def claim_hand_out(store: ProjectStore, project_id: str, node_id: str, take: Take) -> bool:
     """Claim the next hand-out of a queued take as seen in `take`: of several API processes
-    reconciling at once, exactly one wins (the count moved on, or the take started: False)."""
+    reconciling at once, exactly one wins (the count moved on, the take started, or a
+    dispatcher recorded its run since `take` was read: False)."""
     with store.edit(project_id) as project:
         node = project.get_node(node_id)
         current = node.get_take(take.id) if node else None
         if (current is None or current.status != TakeStatus.queued
-                or current.hand_outs != take.hand_outs):
+                or current.hand_outs != take.hand_outs
+                or current.task_run_id != take.task_run_id):
             return False
         current.hand_outs += 1
     return True

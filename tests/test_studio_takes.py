@@ -294,6 +294,17 @@ def test_of_two_processes_claiming_the_same_hand_out_one_wins(store: ProjectStor
     assert _take_of(store, take_id).hand_outs == 1
 
 
+def test_a_take_handed_out_since_it_was_read_cannot_be_claimed_for_another_hand_out(
+        store: ProjectStore) -> None:
+    # The reconciler read the take before its dispatcher recorded the run it handed out.
+    _, take_id = _reserved_take(store)
+    seen = _take_of(store, take_id)
+    record_submission(store, "Project_Odyssey", "shot15", take_id, "run-of-the-dispatcher")
+
+    assert not claim_hand_out(store, "Project_Odyssey", "shot15", seen)
+    assert _take_of(store, take_id).hand_outs == 0
+
+
 def test_a_queued_take_is_cancelled_at_once_a_generating_one_is_left_to_its_worker(
         store: ProjectStore) -> None:
     _, queued = _reserved_take(store)
