@@ -3,6 +3,13 @@
 A long-lived process that serves its tier's background task with `limit=1` (one take at a time
 per GPU) and loads the tier's pipeline before it takes work, so the first click is not a cold
 load and every later take reuses the loaded pipeline.
+
+Prefect's task worker re-subscribes by itself only when a connection is refused or dropped; a
+Prefect server that accepts the connection but answers late (a restart on a loaded machine:
+"timed out during opening handshake") or closes it mid-handshake makes `serve` raise, which
+used to end the process: the supervisor then started a new one, which loaded torch and the
+pipeline again (minutes under load) while the tier's takes waited. The worker subscribes again
+instead, in the same process, with its pipeline still loaded.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from runners.take_request import model_dir
 from studio.tiers import TIERS, Quality
@@ -55,4 +64,39 @@ def serve_tier(quality: Quality | str, limit: int = 1, warm: bool = True) -> Non
          f"{os.environ.get('PREFECT_API_URL', 'the configured Prefect API')} on {_gpu_text()}")
     sys.stdout.flush()
     start_heartbeat(q)  # ops' "tier offline" automation listens for it
-    serve(tier_task(q), limit=limit)
+    serve_until_stopped(lambda: serve(tier_task(q), limit=limit))
+
+
+# Waits between subscriptions after a failed one: short, as the server is usually back.
+RESUBSCRIBE_PAUSES = (0.5, 1.0, 2.0)
+
+
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """The connection error `serve` ended with (alone or as the only kind in its exception
+    group), or None for anything else: a bug or a stop must still end the process."""
+    import websockets.exceptions
+
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_connection_failure(e) for e in exc.exceptions]
+        return leaves[0] if leaves and all(leaves) else None
+    kinds = (OSError, TimeoutError, websockets.exceptions.WebSocketException)
+    return exc if isinstance(exc, kinds) else None
+
+
+def serve_until_stopped(serve_once: Callable[[], Any],
+                        pauses: tuple[float, ...] = RESUBSCRIBE_PAUSES) -> None:
+    """Runs `serve_once` again whenever it ends on a connection failure to Prefect."""
+    failures = 0
+    while True:
+        try:
+            serve_once()
+            return
+        except BaseException as exc:
+            failure = _connection_failure(exc)
+            if failure is None:
+                raise
+            pause = pauses[min(failures, len(pauses) - 1)]
+            failures += 1
+            _say(f"lost Prefect's task subscription ({type(failure).__name__}: {failure}); "
+                 f"subscribing again in {pause:.1f} s, pipeline kept")
+            time.sleep(pause)
