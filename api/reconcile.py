@@ -55,6 +55,10 @@ from tasks.submit import submit_take
 
 log = logging.getLogger(__name__)
 
+# A pass retries a Prefect call this long at most: while Prefect is down the next pass (a
+# second later) asks again, and a pass asleep in a minutes-long backoff would hold up every
+# other take (dead workers' retries, lost runs, cancels) and hand out late once Prefect is back.
+PASS_RETRY_SECONDS = 5.0
 # A worker records a take, then creates its artifacts and ends its run: a tier counts as busy
 # while its last ended take's run is not final, for at most this long (a run whose worker died
 # meanwhile may stay RUNNING in Prefect).
@@ -123,7 +127,8 @@ async def _requeue(task_run_id: str, state: State) -> bool:
             result = await client.set_task_run_state(uuid.UUID(task_run_id), again, force=False)
         return result.status.value == "ACCEPT"
 
-    return await aretry_transient(propose, f"handing task run {task_run_id} out again")
+    return await aretry_transient(propose, f"handing task run {task_run_id} out again",
+                                  PASS_RETRY_SECONDS)
 
 
 async def _set_state(task_run_id: str, state: State) -> None:
@@ -322,7 +327,7 @@ class Reconciler:
                       attempt: int | None = None) -> str | None:
         try:
             job = await asyncio.to_thread(job_for, self.store, project_id, node_id, take)
-            task_run_id = await asyncio.to_thread(submit_take, job)
+            task_run_id = await asyncio.to_thread(submit_take, job, PASS_RETRY_SECONDS)
         except Exception as exc:  # Prefect down: the take stays queued; the next pass tries
             log.info("reconcile: could not hand out %s: %s", where, exc)
             return None

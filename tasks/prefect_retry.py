@@ -37,8 +37,22 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
+# A server that refuses connections is down (a restart): asking again every few seconds costs
+# it nothing, and a longer pause only delays the hand-out once it is back. A server that answers
+# 503 is overloaded: back off further.
+ABSENT_MAX_PAUSE = 2.0
+BUSY_MAX_PAUSE = 15.0
+
+
 def _pause(attempt: int) -> float:
-    return min(15.0, 2.0 ** attempt) * random.uniform(0.5, 1.0)
+    return min(BUSY_MAX_PAUSE, 2.0 ** attempt) * random.uniform(0.5, 1.0)
+
+
+def _pause_after(exc: BaseException, attempt: int) -> float:
+    pause = _pause(attempt)
+    if isinstance(exc, httpx.ConnectError):
+        pause = min(pause, ABSENT_MAX_PAUSE * random.uniform(0.5, 1.0))
+    return pause
 
 
 def retry_transient(call: Callable[[], T], what: str, seconds: float | None = None) -> T:
@@ -48,7 +62,7 @@ def retry_transient(call: Callable[[], T], what: str, seconds: float | None = No
         try:
             return call()
         except Exception as exc:
-            pause = _pause(attempt)
+            pause = _pause_after(exc, attempt)
             if not is_transient(exc) or time.monotonic() + pause > deadline:
                 raise
             log.warning("%s: %s; retrying in %.1f s", what, exc, pause)
@@ -64,7 +78,7 @@ async def aretry_transient(call: Callable[[], Awaitable[T]], what: str,
         try:
             return await call()
         except Exception as exc:
-            pause = _pause(attempt)
+            pause = _pause_after(exc, attempt)
             if not is_transient(exc) or time.monotonic() + pause > deadline:
                 raise
             log.warning("%s: %s; retrying in %.1f s", what, exc, pause)
