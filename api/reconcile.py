@@ -248,9 +248,11 @@ class Reconciler:
             facts = replace(facts, run_state=None if state is None else state.type,
                             waited=waited)
             decision = decide(facts, lost_after=self.lost_after)
-            if decision.action == Action.requeue:
+            if decision.action == Action.requeue or (
+                    decision.action == Action.submit and state is not None
+                    and not state.is_final()):
                 # "Idle" from Prefect's own state too: a dropped event stream or a slow
-                # worker between two takes must not pass for a lost queue.
+                # worker between two takes must not pass for a lost queue or a dropped run.
                 idle = await self._tier_idle_in_prefect(take.quality_used)
                 facts = replace(facts, tier_idle_for=min(facts.tier_idle_for, idle))
                 decision = decide(facts, lost_after=self.lost_after)
@@ -312,6 +314,10 @@ class Reconciler:
         # processes, one wins.
         if not await asyncio.to_thread(self._claim, project_id, node_id, take):
             return None
+        if action == Action.submit and state is not None and not state.is_final() \
+                and take.task_run_id:
+            # A run its worker took and dropped stays PENDING in Prefect: end it, say why.
+            await _set_state(take.task_run_id, Crashed(message=reason))
         if action == Action.requeue and state is not None and take.task_run_id:
             try:
                 if not await _requeue(take.task_run_id, state):

@@ -25,6 +25,11 @@ LOST_AFTER_SECONDS = 4.0
 # A reserved take not handed to Prefect after this long lost its dispatcher (or Prefect was
 # down when it tried): it is submitted by the reconciler.
 SUBMIT_AFTER_SECONDS = 10.0
+# A queued take whose run a worker took (PENDING or RUNNING) but never started, with its tier
+# idle this long since: the worker failed before the take (Prefect unreachable for that moment,
+# as in a restart) or died, and Prefect keeps the run PENDING forever. A worker that took a run
+# starts its take within seconds; this leaves a loaded machine ample room.
+STALLED_AFTER_SECONDS = 30.0
 MAX_ATTEMPTS = 2  # a take whose worker died is retried once
 MAX_HAND_OUTS = 3  # a run Prefect lost is handed out again at most this many times
 
@@ -116,7 +121,17 @@ def decide(f: Facts, lost_after: float = LOST_AFTER_SECONDS,
         if f.hand_outs + 1 >= MAX_HAND_OUTS:
             return Decision(Action.fail, "its task run ended without rendering it")
         return Decision(Action.submit, "its task run ended without rendering it")
-    return WAIT  # PENDING, RUNNING...: the worker records the take itself
+    if f.run_state in (StateType.PENDING, StateType.RUNNING):
+        # A worker took the run: it records the take itself within seconds. With one run at a
+        # time per worker, a tier idle all along means the worker dropped it.
+        stalled = max(lost_after, STALLED_AFTER_SECONDS)
+        if min(f.tier_online_for, f.tier_idle_for, f.waited) < stalled:
+            return WAIT
+        reason = f"its worker took its task run but never started it ({f.run_state.value})"
+        if f.hand_outs + 1 >= MAX_HAND_OUTS:
+            return Decision(Action.fail, reason)
+        return Decision(Action.submit, reason)
+    return WAIT
 
 
 def _generating(f: Facts) -> Decision:

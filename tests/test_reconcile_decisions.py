@@ -9,7 +9,15 @@ from dataclasses import replace
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from api.reconcile_rules import LOST_AFTER_SECONDS, MAX_ATTEMPTS, Action, Facts, Unknown, decide
+from api.reconcile_rules import (
+    LOST_AFTER_SECONDS,
+    MAX_ATTEMPTS,
+    STALLED_AFTER_SECONDS,
+    Action,
+    Facts,
+    Unknown,
+    decide,
+)
 from api.settings import Settings
 from studio.manifest import TakeStatus
 
@@ -48,9 +56,29 @@ def test_prefect_unreachable_changes_nothing() -> None:
     assert decide(replace(LOST, run_state=Unknown.unreachable)).action == Action.wait
 
 
-def test_a_running_or_finished_run_is_left_to_its_worker() -> None:
+def test_a_run_its_worker_took_is_left_to_the_worker_while_it_may_still_start_the_take() -> None:
     for state in (StateType.PENDING, StateType.RUNNING):
-        assert decide(replace(LOST, run_state=state)).action == Action.wait
+        taken = replace(LOST, run_state=state, waited=STALLED_AFTER_SECONDS - 1)
+        assert decide(taken).action == Action.wait  # taken a moment ago
+        assert decide(replace(taken, waited=600, tier_idle_for=0)).action == Action.wait
+        assert decide(replace(taken, waited=600, tier_online_for=0)).action == Action.wait
+
+
+def test_a_run_its_worker_took_but_never_started_is_handed_out_anew() -> None:
+    # Prefect went down as the worker took the run: the run stays PENDING, the take queued.
+    for state in (StateType.PENDING, StateType.RUNNING):
+        dropped = replace(LOST, run_state=state, waited=STALLED_AFTER_SECONDS,
+                          tier_idle_for=STALLED_AFTER_SECONDS)
+        decision = decide(dropped)
+        assert decision.action == Action.submit
+        assert "never started it" in decision.reason
+
+
+def test_a_run_dropped_again_and_again_fails_with_the_reason() -> None:
+    dropped = replace(LOST, run_state=StateType.PENDING, waited=600, hand_outs=2)
+    decision = decide(dropped)
+    assert decision.action == Action.fail
+    assert "never started it" in decision.reason
 
 
 def test_a_run_prefect_no_longer_knows_is_submitted_anew() -> None:
