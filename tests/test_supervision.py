@@ -1,7 +1,8 @@
 """Issue 16, supervision: the real `python -m scripts.stack` prints "ready" only once /readyz
 says so; a task worker SIGKILLed mid-take is restarted and its take retried as the same take
 (attempt 2, one file, the first Prefect run Crashed); a killed API is restarted while workers
-keep rendering, and a reconnecting client gets the result.
+keep rendering, and a reconnecting client gets the result; a run a worker took but dropped
+before starting its take (left PENDING in Prefect) does not leave the take queued forever.
 
 Real processes: the stack (supervisor, API, one standard task worker on the tiny model) against
 the session's Prefect server. The figures are printed (run with -s to see them).
@@ -21,10 +22,17 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
+from prefect.states import Pending
 
+from api.reconcile_rules import STALLED_AFTER_SECONDS
 from scripts.local_prefect import LocalPrefectServer
+from studio.prepare import prepare_take
+from studio.store import ProjectStore
+from studio.takes import record_submission
 from studio.tiers import Quality
+from studio.workspace import Workspace
 from tasks.availability import connected_task_workers
+from tasks.text_to_image import tier_task
 from tests.api_helpers import add_t2i, assert_no_worker_online, is_, new_project, of_type
 from tests.stack_helpers import wait_until
 from tests.supervised_stack import Stack
@@ -184,6 +192,52 @@ def test_a_take_whose_worker_is_killed_twice_fails_with_the_reason(stack: Stack)
     assert not (stack.workspace / "Projects" / project_id / take["path"]).exists()
     for run in (first["task_id"], second["task_id"]):
         assert run_state(run)[0] == StateType.CRASHED  # neither left RUNNING
+    socket.close()
+
+
+def pending_run() -> str:
+    """A standard-tier task run left PENDING, as a worker leaves the run it took when Prefect
+    goes away before the take starts (the worker's engine cannot reach the API)."""
+    async def create() -> str:
+        async with get_client() as client:
+            run = await client.create_task_run(
+                task=tier_task(Quality.standard), flow_run_id=None,
+                dynamic_key=str(uuid.uuid4()), name="dropped by its worker", state=Pending())
+            return str(run.id)
+
+    return asyncio.run(create())
+
+
+def test_a_take_whose_run_its_worker_took_but_never_started_is_handed_out_anew(
+        stack: Stack) -> None:
+    stack.wait_line("ready in", timeout=300)
+    with stack.http() as http:
+        wait_until(lambda: httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 200
+                   if _answers(stack.url) else False, 300, "the stack to be ready")
+        project_id = new_project(http, "Dropped Run")
+        node_id = add_t2i(http, project_id, steps=4)
+        socket = stack.socket(project_id)
+        dropped = pending_run()
+        store = ProjectStore(Workspace(stack.workspace))
+        job = prepare_take(store, project_id, node_id, quality_requested=Quality.standard,
+                           quality_used=Quality.standard)
+        record_submission(store, project_id, node_id, job.take_id, dropped)
+        left = time.monotonic()
+
+        got = socket.until(is_("task_success", node_id=node_id), timeout=240,
+                           what="the take to be handed out anew and complete")
+        recovered_after = time.monotonic() - left
+        [take] = takes(http, project_id, node_id)
+
+    assert (take["status"], take["attempts"], take["hand_outs"]) == ("completed", 1, 1)
+    assert take["task_run_id"] != dropped  # a new run
+    assert recovered_after >= STALLED_AFTER_SECONDS  # not while the worker might start it
+    state, message = run_state(dropped)
+    assert state == StateType.CRASHED and "never started it" in message  # not PENDING forever
+    shot = stack.workspace / "Projects" / project_id / Path(take["path"]).parent
+    assert [p.name for p in shot.iterdir()] == [Path(take["path"]).name]  # one file
+    assert not of_type("task_failed", got)
+    print(f"\nrun left PENDING -> take completed on a new run: {recovered_after:.1f} s")
     socket.close()
 
 
