@@ -89,11 +89,6 @@ class Stack:
         os.killpg(pid, signal.SIGSTOP)
         return pid
 
-    def log(self, name: str) -> str:
-        """A child's log (`<workspace>/.studio/logs/<name>.log`), "" before it has one."""
-        path = self.workspace / ".studio" / "logs" / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
 
