@@ -168,6 +168,22 @@ async def _collect(url: str, stop: asyncio.Event, out: list[dict], ready: asynci
             out.append({**json.loads(raw), "_at": time.monotonic()})
 
 
+END_KINDS = ("server:task_success", "server:task_failed")
+
+
+def _ended_take(message: dict) -> str | None:
+    """The take an end message (success or failure) is about; None for any other message."""
+    if message["type"] == "server:task_success":
+        return str(message["payload"]["result"]["take_id"])
+    if message["type"] == "server:task_failed":
+        return str(message["payload"].get("take_id"))
+    return None
+
+
+def _ended_takes(messages: list[dict]) -> set[str]:
+    return {t for t in map(_ended_take, messages) if t is not None}
+
+
 def _take_messages(messages: list[dict]) -> list[str]:
     """The take-related messages, as comparable strings, in arrival order."""
     kinds = ("server:task_progress", "server:task_success", "server:task_failed")
@@ -195,8 +211,9 @@ async def _clicks_and_clients(ws_url: str, node_ids: list[str], clicks: int, cli
                                            "payload": {"node_id": node_ids[i % len(node_ids)]}}))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done = min(sum(m["type"] in ("server:task_success", "server:task_failed")
-                           for m in out) for out in outs)
+            # Distinct takes ended, not end messages: a take announced twice (failed, then
+            # success) must not pass for two takes.
+            done = min(len(_ended_takes(out)) for out in outs)
             if done >= clicks:
                 break
             await asyncio.sleep(0.5)
@@ -206,11 +223,50 @@ async def _clicks_and_clients(ws_url: str, node_ids: list[str], clicks: int, cli
     return fired, outs
 
 
+def settle(studio: Studio, project_id: str, timeout: float = 120) -> float:
+    """Waits until no take of the project is queued or generating (each end message the
+    clients got must match project.json by then); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        takes = [t for ts in all_takes(studio, project_id).values() for t in ts]
+        if all(t["status"] not in ("queued", "generating") for t in takes):
+            break
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def end_contradictions(outs: list[list[dict]], at_end: dict[str, dict[str, Any]],
+                       final: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Takes whose end messages disagree with project.json: more than one end message (or
+    two kinds), or a kind that is not the take's status when the scenario ended or later."""
+    found = []
+    for take_id in sorted({t for out in outs for t in _ended_takes(out)} | set(final)):
+        kinds = Counter(m["type"].removeprefix("server:task_") for out in outs[:1] for m in out
+                        if _ended_take(m) == take_id)
+        expected = {"completed": "success", "failed": "failed", "cancelled": "cancelled"}
+        now, later = at_end.get(take_id, {}), final.get(take_id, {})
+        if len(kinds) != 1 or sum(kinds.values()) != 1 or \
+                {expected.get(now.get("status", ""), now.get("status")),
+                 expected.get(later.get("status", ""), later.get("status"))} != set(kinds):
+            found.append({"take": later.get("number"), "messages": dict(kinds),
+                          "status_when_ended": now.get("status"),
+                          "status_later": later.get("status"),
+                          **{k: later.get(k) for k in ("attempts", "hand_outs", "error")}})
+    return found
+
+
+def _by_id(studio: Studio, project_id: str) -> dict[str, dict[str, Any]]:
+    return {t["id"]: t for ts in all_takes(studio, project_id).values() for t in ts}
+
+
 def bench_clicks(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes,
                  timeout: float) -> dict:
     project_id, node_ids = new_project(http, "Scale Clicks", sizes.click_nodes)
     ws_url = api_url.replace("http://", "ws://") + f"/ws/{project_id}"
     fired, [out] = asyncio.run(_clicks_and_clients(ws_url, node_ids, sizes.clicks, 1, timeout))
+    at_end = _by_id(studio, project_id)
+    settled = settle(studio, project_id)
+    contradictions = end_contradictions([out], at_end, _by_id(studio, project_id))
     successes = [m for m in out if m["type"] == "server:task_success"]
     latencies = [m["_at"] - fired for m in successes]
     per_node = sizes.clicks // sizes.click_nodes
@@ -220,6 +276,8 @@ def bench_clicks(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes,
     return {**counts, "distinct_numbers": numbers_ok,
             "successes": len({m["payload"]["result"]["take_id"] for m in successes}),
             "success_messages": len(successes),
+            "end_contradictions": len(contradictions), "contradicted": contradictions,
+            "settle_s": settled,
             "p50_s": pct(latencies, 0.5), "p95_s": pct(latencies, 0.95)}
 
 
@@ -232,6 +290,9 @@ def bench_clients(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes
     _, outs = asyncio.run(_clicks_and_clients(ws_url, node_ids, sizes.client_takes,
                                               sizes.clients, timeout))
     after = rss_mb(api_pid)
+    at_end = _by_id(studio, project_id)
+    settled = settle(studio, project_id)
+    contradictions = end_contradictions(outs, at_end, _by_id(studio, project_id))
     sequences = [_take_messages(out) for out in outs]
     reference = Counter(tuple(s) for s in sequences).most_common(1)[0][0]
     exact = 0
@@ -243,6 +304,8 @@ def bench_clients(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes
             exact += 1
     counts = count_takes(studio, project_id, sizes.client_takes // 2)
     return {**counts, "clients_exact": exact, "clients": sizes.clients,
+            "end_contradictions": len(contradictions), "contradicted": contradictions,
+            "settle_s": settled,
             "messages_per_client": len(reference), "rss_before_mb": before,
             "rss_after_mb": after}
 
@@ -333,6 +396,10 @@ def table(results: dict[str, dict[str, Any]], sizes: Sizes) -> str:
         (f"{sizes.clients} clients: every event exactly once, in order", "clients",
          "clients_exact", True),
         (f"{sizes.clients} clients: takes lost", "clients", "lost", None),
+        (f"{sizes.clicks} clicks: end messages contradicting project.json", "clicks",
+         "end_contradictions", None),
+        (f"{sizes.clients} clients: end messages contradicting project.json", "clients",
+         "end_contradictions", None),
         (f"{sizes.clients} clients: API RSS before (MB)", "clients", "rss_before_mb", False),
         (f"{sizes.clients} clients: API RSS after (MB)", "clients", "rss_after_mb", False),
         ("event emit -> subscriber p50 (s)", "events", "p50_s", False),
@@ -399,9 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"sizes": sizes.__dict__, "results": results},
                                         indent=2, default=str))
     bad = [p for p, r in results.items()
-           if any(r[g]["lost"] or r[g]["duplicated"] for g in SCENARIOS if g in r)]
+           if any(r[g]["lost"] or r[g]["duplicated"] or r[g].get("end_contradictions")
+                  for g in SCENARIOS if g in r)]
     if bad:
-        print(f"takes lost or duplicated on: {', '.join(bad)}")
+        print(f"takes lost or duplicated, or end messages contradicting project.json, on: "
+              f"{', '.join(bad)}")
     return 1 if bad else 0
 
 
