@@ -5,8 +5,9 @@ and every Prefect HTTP call counted and timed.
     .venv/bin/python bench/batch_profile.py --nodes 5 --takes 10
     .venv/bin/python bench/batch_profile.py --nodes 5 --takes 10 --concurrency 1 8
 
-Prints, per run: wall, the runner's own seconds, the idle pipeline per take (wall - render) /
-takes, project.json edits per take and their seconds, and Prefect calls per take by route.
+Prints, per run: wall, the pipeline's busy seconds (bench/scale.py's `batch_figures`), the idle
+pipeline per take ((wall - busy) / takes), project.json edits per take and their seconds, and
+Prefect calls per take by route.
 """
 
 from __future__ import annotations
@@ -135,17 +136,9 @@ def make_project(workspace: Path, name: str, nodes: int, size: int) -> str:
     return project.id
 
 
-def runner_seconds(workspace: Path, project_id: str) -> tuple[int, float, list[int]]:
-    phases = ("validate", "load", "lora", "encode", "preview_fit", "denoise", "decode", "save")
-
-    def seconds_of(take: dict[str, Any]) -> float:  # as bench/scale.py counts a render
-        return sum(float((take.get("timings") or {}).get(p, 0.0)) for p in phases)
-
+def batch_takes_of(workspace: Path, project_id: str) -> list[dict[str, Any]]:
     data = json.loads((workspace / "Projects" / project_id / "project.json").read_text())
-    takes = [t for n in data["nodes"] for t in n.get("takes", [])]
-    completed = [t for t in takes if t["status"] == "completed"]
-    numbers = [len(n.get("takes", [])) for n in data["nodes"]]
-    return len(completed), sum(seconds_of(t) for t in completed), numbers
+    return [t for n in data["nodes"] for t in n.get("takes", [])]
 
 
 def one_run(workspace: Path, nodes: int, takes: int, concurrency: int, size: int) -> dict:
@@ -158,12 +151,14 @@ def one_run(workspace: Path, nodes: int, takes: int, concurrency: int, size: int
     started = time.perf_counter()
     state = batch_takes(project=project_id, takes_per_node=takes, return_state=True)
     wall = time.perf_counter() - started
-    done, render, _ = runner_seconds(workspace, project_id)
+    from bench.scale import batch_figures
+
+    recorded = batch_takes_of(workspace, project_id)
+    done = sum(t["status"] == "completed" for t in recorded)
     n = nodes * takes
+    figures = batch_figures(recorded, wall, done)
     return {"concurrency": concurrency, "state": state.name, "takes": n, "completed": done,
-            "wall_s": wall, "render_s": render, "idle_per_take_s": (wall - render) / n,
-            "takes_per_s": done / wall, "orchestrated_takes_per_s": done / max(wall - render,
-                                                                                1e-6),
+            **figures, "idle_per_take_s": figures["orchestration_s"] / n,
             "meter": {k: (METER.count[k], METER.seconds[k]) for k in sorted(METER.count)}}
 
 
@@ -171,7 +166,7 @@ def report(result: dict) -> None:
     n = result["takes"]
     print(f"\n== concurrency {result['concurrency']}: {result['state']}, "
           f"{result['completed']}/{n} completed, wall {result['wall_s']:.1f} s, "
-          f"render {result['render_s']:.1f} s, idle pipeline per take "
+          f"pipeline busy {result['render_s']:.1f} s, idle pipeline per take "
           f"{result['idle_per_take_s']:.3f} s, {result['takes_per_s']:.2f} takes/s, "
           f"orchestrated {result['orchestrated_takes_per_s']:.2f} takes/s")
     print(f"   {'what':<58} {'per take':>9} {'s/take':>8} {'ms each':>8}")

@@ -50,3 +50,18 @@ def test_a_take_announced_failed_that_completes_later_is_caught() -> None:
 def test_a_take_without_any_end_message_is_caught() -> None:
     found = end_contradictions([[]], {"a": _take("queued")}, {"a": _take("completed")})
     assert [f["messages"] for f in found] == [{}]
+
+
+def test_the_pipeline_counts_its_one_load_and_the_phases_under_its_lock_only() -> None:
+    from bench.scale import batch_figures, pipeline_seconds
+
+    # The first take loads; each take's PNG save runs beside the next take's render.
+    takes = [{"timings": {"validate": 0.1, "load": 5.0, "encode": 0.2, "denoise": 1.0,
+                          "decode": 0.3, "save": 0.4}},
+             {"timings": {"validate": 0.1, "load": 0.0, "encode": 0.2, "denoise": 1.0,
+                          "decode": 0.3, "save": 0.4}}]
+    assert pipeline_seconds(takes) == 5.0 + 2 * (0.2 + 1.0 + 0.3)
+    figures = batch_figures(takes, wall=10.0, completed=2)
+    assert figures["orchestration_s"] == 10.0 - 8.0
+    assert figures["orchestrated_takes_per_s"] == 2 / 2.0
+    assert figures["runner_s"] > figures["render_s"]  # every phase, overlaps included
