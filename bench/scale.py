@@ -6,8 +6,8 @@ Per profile, a whole studio of real processes (tests/studio_stack.py): Prefect, 
 accepts), a studio API, the `local` pool and its worker. Then:
   batch    a `batch_takes` of NODES x TAKES through the `local` pool: takes lost, duplicated,
            wall time, takes/s (takes / wall) and orchestrated takes/s (takes / (wall - render),
-           render = the seconds the runner itself reports per take, summed: the renders share
-           one pipeline, one at a time, so wall - render is what orchestration adds);
+           render = the seconds the one pipeline was busy: every take's phases under its lock
+           and its one load; wall - render is the time it waited on everything else);
   clicks   CLICKS clicks fired at once over CLICK_NODES nodes through one WebSocket: distinct
            take numbers, all completed, p50/p95 click -> task_success;
   clients  CLIENTS WebSocket clients on one project while CLIENT_TAKES takes render: each must
@@ -117,6 +117,10 @@ def count_takes(studio: Studio, project_id: str, expected_per_node: int) -> dict
 # --- the three scenarios --------------------------------------------------------------------
 
 RUNNER_PHASES = ("validate", "load", "lora", "encode", "preview_fit", "denoise", "decode", "save")
+# The phases run under the tier pipeline's lock (runners/flux/generation.py): one take at a time.
+# Validating, waiting for the pipeline and saving the PNG run outside it, beside another take's
+# render, so a sum over every phase can exceed the wall once takes overlap.
+PIPELINE_PHASES = ("lora", "encode", "preview_fit", "denoise", "decode")
 
 
 def runner_seconds(take: dict[str, Any]) -> float:
@@ -125,6 +129,30 @@ def runner_seconds(take: dict[str, Any]) -> float:
     bookkeeping around it (the take's `total`)."""
     timings = take.get("timings") or {}
     return sum(float(timings.get(phase, 0.0)) for phase in RUNNER_PHASES)
+
+
+def pipeline_seconds(takes: list[dict[str, Any]]) -> float:
+    """The seconds the one pipeline was busy: every take's phases under its lock, plus its one
+    load (the first take renders alone, so nothing else could render while it loaded)."""
+    timings = [t.get("timings") or {} for t in takes]
+    busy = sum(float(t.get(phase, 0.0)) for t in timings for phase in PIPELINE_PHASES)
+    return busy + max((float(t.get("load", 0.0)) for t in timings), default=0.0)
+
+
+def batch_figures(takes: list[dict[str, Any]], wall: float, completed: int) -> dict[str, float]:
+    """Wall, the pipeline's busy seconds, and what orchestration leaves: the pipeline renders one
+    take at a time, so wall - busy is the time it sat waiting on everything else (flow-run
+    start, task runs, events, artifacts, project.json, PNG saves not overlapped, the contact
+    sheet). Orchestrated takes/s = takes per second of that rest."""
+    render = pipeline_seconds(takes)
+    orchestration = max(wall - render, 1e-6)
+    return {"wall_s": wall, "render_s": render,
+            "runner_s": sum(runner_seconds(t) for t in takes),
+            "orchestration_s": orchestration,
+            "takes_per_s": completed / wall,
+            "orchestrated_takes_per_s": completed / orchestration,
+            "render_share": render / wall,
+            "overhead_per_take_s": orchestration / max(1, completed)}
 
 
 def bench_batch(studio: Studio, http: httpx.Client, sizes: Sizes, timeout: float) -> dict:
@@ -137,19 +165,7 @@ def bench_batch(studio: Studio, http: httpx.Client, sizes: Sizes, timeout: float
     wall = time.monotonic() - started
     counts = count_takes(studio, project_id, sizes.takes)
     takes = [t for ts in all_takes(studio, project_id).values() for t in ts]
-    render = sum(runner_seconds(t) for t in takes)
-    # One pipeline renders one take at a time, so the renders alone need `render` seconds of
-    # the wall; the rest is the time the pipeline waited on orchestration (flow-run start, model
-    # load, task runs, events, artifacts, project.json). Orchestrated takes/s = takes per second
-    # of that rest: what the orchestration sustains once the renders are set aside.
-    orchestration = max(wall - render, 1e-6)
-    completed = counts["completed"]
-    return {**counts, "state": final, "wall_s": wall, "render_s": render,
-            "orchestration_s": orchestration,
-            "takes_per_s": completed / wall,
-            "orchestrated_takes_per_s": completed / orchestration,
-            "render_share": render / wall,
-            "overhead_per_take_s": orchestration / max(1, completed)}
+    return {**counts, "state": final, **batch_figures(takes, wall, counts["completed"])}
 
 
 async def _collect(url: str, stop: asyncio.Event, out: list[dict], ready: asyncio.Event,
@@ -166,6 +182,22 @@ async def _collect(url: str, stop: asyncio.Event, out: list[dict], ready: asynci
             except TimeoutError:
                 continue
             out.append({**json.loads(raw), "_at": time.monotonic()})
+
+
+END_KINDS = ("server:task_success", "server:task_failed")
+
+
+def _ended_take(message: dict) -> str | None:
+    """The take an end message (success or failure) is about; None for any other message."""
+    if message["type"] == "server:task_success":
+        return str(message["payload"]["result"]["take_id"])
+    if message["type"] == "server:task_failed":
+        return str(message["payload"].get("take_id"))
+    return None
+
+
+def _ended_takes(messages: list[dict]) -> set[str]:
+    return {t for t in map(_ended_take, messages) if t is not None}
 
 
 def _take_messages(messages: list[dict]) -> list[str]:
@@ -195,8 +227,9 @@ async def _clicks_and_clients(ws_url: str, node_ids: list[str], clicks: int, cli
                                            "payload": {"node_id": node_ids[i % len(node_ids)]}}))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done = min(sum(m["type"] in ("server:task_success", "server:task_failed")
-                           for m in out) for out in outs)
+            # Distinct takes ended, not end messages: a take announced twice (failed, then
+            # success) must not pass for two takes.
+            done = min(len(_ended_takes(out)) for out in outs)
             if done >= clicks:
                 break
             await asyncio.sleep(0.5)
@@ -206,11 +239,50 @@ async def _clicks_and_clients(ws_url: str, node_ids: list[str], clicks: int, cli
     return fired, outs
 
 
+def settle(studio: Studio, project_id: str, timeout: float = 120) -> float:
+    """Waits until no take of the project is queued or generating (each end message the
+    clients got must match project.json by then); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        takes = [t for ts in all_takes(studio, project_id).values() for t in ts]
+        if all(t["status"] not in ("queued", "generating") for t in takes):
+            break
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def end_contradictions(outs: list[list[dict]], at_end: dict[str, dict[str, Any]],
+                       final: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Takes whose end messages disagree with project.json: more than one end message (or
+    two kinds), or a kind that is not the take's status when the scenario ended or later."""
+    found = []
+    for take_id in sorted({t for out in outs for t in _ended_takes(out)} | set(final)):
+        kinds = Counter(m["type"].removeprefix("server:task_") for out in outs[:1] for m in out
+                        if _ended_take(m) == take_id)
+        expected = {"completed": "success", "failed": "failed", "cancelled": "cancelled"}
+        now, later = at_end.get(take_id, {}), final.get(take_id, {})
+        if len(kinds) != 1 or sum(kinds.values()) != 1 or \
+                {expected.get(now.get("status", ""), now.get("status")),
+                 expected.get(later.get("status", ""), later.get("status"))} != set(kinds):
+            found.append({"take": later.get("number"), "messages": dict(kinds),
+                          "status_when_ended": now.get("status"),
+                          "status_later": later.get("status"),
+                          **{k: later.get(k) for k in ("attempts", "hand_outs", "error")}})
+    return found
+
+
+def _by_id(studio: Studio, project_id: str) -> dict[str, dict[str, Any]]:
+    return {t["id"]: t for ts in all_takes(studio, project_id).values() for t in ts}
+
+
 def bench_clicks(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes,
                  timeout: float) -> dict:
     project_id, node_ids = new_project(http, "Scale Clicks", sizes.click_nodes)
     ws_url = api_url.replace("http://", "ws://") + f"/ws/{project_id}"
     fired, [out] = asyncio.run(_clicks_and_clients(ws_url, node_ids, sizes.clicks, 1, timeout))
+    at_end = _by_id(studio, project_id)
+    settled = settle(studio, project_id)
+    contradictions = end_contradictions([out], at_end, _by_id(studio, project_id))
     successes = [m for m in out if m["type"] == "server:task_success"]
     latencies = [m["_at"] - fired for m in successes]
     per_node = sizes.clicks // sizes.click_nodes
@@ -220,6 +292,8 @@ def bench_clicks(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes,
     return {**counts, "distinct_numbers": numbers_ok,
             "successes": len({m["payload"]["result"]["take_id"] for m in successes}),
             "success_messages": len(successes),
+            "end_contradictions": len(contradictions), "contradicted": contradictions,
+            "settle_s": settled,
             "p50_s": pct(latencies, 0.5), "p95_s": pct(latencies, 0.95)}
 
 
@@ -232,6 +306,9 @@ def bench_clients(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes
     _, outs = asyncio.run(_clicks_and_clients(ws_url, node_ids, sizes.client_takes,
                                               sizes.clients, timeout))
     after = rss_mb(api_pid)
+    at_end = _by_id(studio, project_id)
+    settled = settle(studio, project_id)
+    contradictions = end_contradictions(outs, at_end, _by_id(studio, project_id))
     sequences = [_take_messages(out) for out in outs]
     reference = Counter(tuple(s) for s in sequences).most_common(1)[0][0]
     exact = 0
@@ -243,6 +320,8 @@ def bench_clients(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes
             exact += 1
     counts = count_takes(studio, project_id, sizes.client_takes // 2)
     return {**counts, "clients_exact": exact, "clients": sizes.clients,
+            "end_contradictions": len(contradictions), "contradicted": contradictions,
+            "settle_s": settled,
             "messages_per_client": len(reference), "rss_before_mb": before,
             "rss_after_mb": after}
 
@@ -321,8 +400,10 @@ def table(results: dict[str, dict[str, Any]], sizes: Sizes) -> str:
         (f"batch {n_batch} takes: takes/s (takes / wall)", "batch", "takes_per_s", True),
         (f"batch {n_batch} takes: orchestrated takes/s (takes / (wall - render))", "batch",
          "orchestrated_takes_per_s", True),
-        (f"batch {n_batch} takes: render, the runner's own seconds, sum (s)", "batch",
+        (f"batch {n_batch} takes: the pipeline busy, in-lock phases + its load (s)", "batch",
          "render_s", False),
+        (f"batch {n_batch} takes: the runner's own seconds, every phase, sum (s)", "batch",
+         "runner_s", False),
         (f"batch {n_batch} takes: wall - render, per take (s)", "batch", "overhead_per_take_s",
          False),
         (f"{sizes.clicks} clicks: completed", "clicks", "completed", True),
@@ -333,6 +414,10 @@ def table(results: dict[str, dict[str, Any]], sizes: Sizes) -> str:
         (f"{sizes.clients} clients: every event exactly once, in order", "clients",
          "clients_exact", True),
         (f"{sizes.clients} clients: takes lost", "clients", "lost", None),
+        (f"{sizes.clicks} clicks: end messages contradicting project.json", "clicks",
+         "end_contradictions", None),
+        (f"{sizes.clients} clients: end messages contradicting project.json", "clients",
+         "end_contradictions", None),
         (f"{sizes.clients} clients: API RSS before (MB)", "clients", "rss_before_mb", False),
         (f"{sizes.clients} clients: API RSS after (MB)", "clients", "rss_after_mb", False),
         ("event emit -> subscriber p50 (s)", "events", "p50_s", False),
@@ -399,9 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"sizes": sizes.__dict__, "results": results},
                                         indent=2, default=str))
     bad = [p for p, r in results.items()
-           if any(r[g]["lost"] or r[g]["duplicated"] for g in SCENARIOS if g in r)]
+           if any(r[g]["lost"] or r[g]["duplicated"] or r[g].get("end_contradictions")
+                  for g in SCENARIOS if g in r)]
     if bad:
-        print(f"takes lost or duplicated on: {', '.join(bad)}")
+        print(f"takes lost or duplicated, or end messages contradicting project.json, on: "
+              f"{', '.join(bad)}")
     return 1 if bad else 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from studio.batch import (
 )
 from studio.jobs import TakeJob
 from studio.manifest import Node
-from studio.prepare import prepare_take
+from studio.prepare import prepare_in
 from studio.store import ProjectStore
 from studio.takes import TakeError, fail_take
 from studio.tiers import Quality
@@ -164,19 +165,39 @@ def _summary(project_id: str, project_name: str, run_label: str, outcomes: list[
     return "\n".join(lines) + "\n"
 
 
+def _skipped(planned: PlannedTake, reason: str) -> TakeOutcome:
+    assert planned.node.shot is not None
+    label = f"{display_shot(planned.node.shot.shot)} (seed {planned.seed})"
+    return TakeOutcome(planned, "skipped", label, reason=reason)
+
+
 def _prepare(store: ProjectStore, project_id: str, planned: PlannedTake,
              quality: Quality) -> TakeJob | TakeOutcome:
     """Reserves the take (its number and file); a node that cannot render is skipped."""
-    node = planned.node
-    assert node.shot is not None
+    return _prepare_group(store, project_id, [planned], quality)[0]
+
+
+def _prepare_group(store: ProjectStore, project_id: str, group: list[PlannedTake],
+                   quality: Quality) -> list[TakeJob | TakeOutcome]:
+    """Reserves these takes, in order, in one edit of project.json (each edit rewrites the
+    whole file, every take of the project in it); a node that cannot render is skipped alone."""
+    run_id = flow_run.get_id()
+    jobs: list[TakeJob | TakeOutcome] = []
     try:
-        return prepare_take(store, project_id, node.id, quality_requested=quality,
-                            quality_used=quality, seed=planned.seed,
-                            overrides=planned.overrides or None,
-                            flow_run_id=flow_run.get_id())
-    except (ValueError, LookupError) as exc:  # the node cannot be rendered as it stands
-        label = f"{display_shot(node.shot.shot)} (seed {planned.seed})"
-        return TakeOutcome(planned, "skipped", label, reason=str(exc))
+        with store.edit(project_id) as project:
+            project_dir = store.project_dir(project_id)
+            for planned in group:
+                try:
+                    jobs.append(prepare_in(project, project_dir, planned.node.id,
+                                           quality_requested=quality, quality_used=quality,
+                                           seed=planned.seed,
+                                           overrides=planned.overrides or None,
+                                           flow_run_id=run_id))
+                except (ValueError, LookupError) as exc:  # this node cannot render as it is
+                    jobs.append(_skipped(planned, str(exc)))
+    except (ValueError, LookupError) as exc:  # the project itself: nothing was reserved
+        return [_skipped(planned, str(exc)) for planned in group]
+    return jobs
 
 
 def _batch_task(quality: Quality) -> Task[..., Any]:
@@ -249,13 +270,15 @@ def _render_all(store: ProjectStore, project_id: str, planned: list[PlannedTake]
                 ) -> list[TakeOutcome]:
     """Every planned take, a bounded number in flight; outcomes in the planned order.
 
-    Takes are reserved here, one after another in the planned order (take numbers follow the
-    plan), and only when a slot is free: a reserved take starts within moments, so the studio
-    API's reconciler never mistakes it for a take its dispatcher lost.
+    Takes are reserved here in the planned order (take numbers follow the plan), a slot's worth
+    per edit of project.json and never more than that ahead of the takes in flight. A reserved
+    take carries the batch's flow run, so the studio API's reconciler leaves it to the batch.
     """
     task = _batch_task(quality)
     slots = batch_concurrency()
     outcomes: list[TakeOutcome | None] = [None] * len(planned)
+    ready: deque[tuple[int, TakeJob]] = deque()  # reserved, waiting for a slot
+    next_index = 0  # the first planned take not reserved yet
     with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="take") as pool:
         running: dict[Future[TakeOutcome], tuple[int, float]] = {}
 
@@ -267,20 +290,34 @@ def _render_all(store: ProjectStore, project_id: str, planned: list[PlannedTake]
                 outcomes[index] = future.result()
                 on_done(index, outcomes[index], time.perf_counter() - started)
 
-        for index, take in enumerate(planned):
+        def reserve_next() -> None:
+            # The first take alone (it starts loading the pipeline at once), then a slot's worth
+            # per edit of project.json: one rewrite of the file for `slots` reservations.
+            nonlocal next_index
+            group = range(next_index, min(len(planned), next_index + (slots if next_index else 1)))
+            next_index = group.stop
+            started = time.perf_counter()
+            jobs = _prepare_group(store, project_id, [planned[i] for i in group], quality)
+            for index, job in zip(group, jobs, strict=True):
+                if isinstance(job, TakeOutcome):
+                    outcomes[index] = job
+                    on_done(index, job, time.perf_counter() - started)
+                else:
+                    ready.append((index, job))
+
+        while next_index < len(planned) or ready:
+            if not ready:
+                reserve_next()
+                continue
             # The first take alone: it loads the tier's pipeline, which the others would only
             # queue behind (counting the wait as loading).
             while len(running) >= (slots if any(outcomes) else 1):
                 collect(block=True)
-            started = time.perf_counter()
-            job = _prepare(store, project_id, take, quality)
-            if isinstance(job, TakeOutcome):
-                outcomes[index] = job
-                on_done(index, job, time.perf_counter() - started)
-                continue
+            index, job = ready.popleft()
             # Each take's thread runs in a copy of this context: the flow run, its settings.
             context = contextvars.copy_context()
-            running[pool.submit(context.run, render, take, job, task)] = (index, started)
+            running[pool.submit(context.run, render, planned[index], job, task)] = (
+                index, time.perf_counter())
             collect(block=False)
         while running:
             collect(block=True)

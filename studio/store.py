@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from studio.graph import GraphError, validate_project
 from studio.manifest import (
     ManifestError,
     Project,
+    dump_project,
     load_project,
     parse_project,
     project_lock,
@@ -120,11 +122,13 @@ class ProjectStore:
         with project_lock(path):
             project = self.load(project_id)
             yield project
-            # Round-trip so in-place changes (e.g. a params dict) are validated like a load.
-            checked = parse_project(project.model_dump(mode="json"), str(path))
+            # The very text that is saved is parsed back and validated like a load, so in-place
+            # changes (e.g. a params dict) are checked and what lands on disk is what was checked.
+            text = dump_project(project)
+            checked = parse_project(json.loads(text), str(path))
             if checked.id != project_id:
                 raise ManifestError([f"a project's id cannot change ({project_id!r})"], str(path))
             problems = validate_project(checked)
             if problems:
                 raise GraphError(problems)
-            write_project(path, checked)
+            write_project(path, checked, text)

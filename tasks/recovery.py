@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from studio.manifest import Take, TakeStatus
+from studio.manifest import Take, TakeStatus, project_lock
 from studio.store import ProjectStore
 from studio.takes import fail_take
 from studio.workspace import safe_path
@@ -38,12 +38,24 @@ def is_abandoned(workspace_root: Path, take: Take, stale_after: float) -> bool:
 
 
 def clear_leftovers(store: ProjectStore, project_id: str, take: Take) -> None:
-    """A dead attempt's temporaries, preview, lease and any output: a retry starts clean."""
+    """A dead attempt's temporaries, preview, lease and any output: a retry starts clean.
+
+    The output goes only if the take has not completed, as project.json says under the
+    project's lock now, not as `take` (the caller's copy, seconds old in a long reconcile pass)
+    said: a take that completed meanwhile keeps its image, and a completion recorded after this
+    finds no image and fails the take instead of recording one that is gone.
+    """
     output = safe_path(store.project_dir(project_id), take.path)
     for leftover in _leftovers(output):
         leftover.unlink(missing_ok=True)
-    if take.status != TakeStatus.completed:
-        output.unlink(missing_ok=True)
+    try:
+        with project_lock(store.manifest_path(project_id)):
+            current = next((t for node in store.load(project_id).nodes for t in node.takes
+                            if t.id == take.id), None)
+            if current is None or current.status != TakeStatus.completed:
+                output.unlink(missing_ok=True)
+    except (OSError, LookupError, ValueError):  # project gone or locked: keep it, in doubt
+        pass  # a retry overwrites it, and no new take is ever numbered onto a file on disk
     lease_path(store.workspace.root, take.id).unlink(missing_ok=True)
 
 

@@ -36,3 +36,6 @@ def test_the_quick_scale_bench_loses_and_duplicates_nothing_on_either_profile(
         assert clicks["distinct_numbers"] and clicks["duplicated"] == 0
         assert clients["clients_exact"] == sizes["clients"], clients
         assert clients["lost"] == 0
+        # Every end message matched project.json when the scenario ended, and stayed so.
+        assert clicks["end_contradictions"] == clients["end_contradictions"] == 0, \
+            (clicks["contradicted"], clients["contradicted"])

@@ -54,3 +54,54 @@ def test_a_lease_held_on_another_host_is_judged_by_its_age_only(tmp_path: Path) 
 
     assert not holder_gone(tmp_path, "t-1")
     assert not holder_gone(tmp_path, "no-such-take")
+
+
+def _completed_take(tmp_path: Path):  # noqa: ANN202 - (store, project id, take as read before)
+    from studio.prepare import prepare_take
+    from studio.store import ProjectStore
+    from studio.takes import complete_take, start_take
+    from studio.workspace import Workspace
+    from tests.stack_helpers import add_text_to_image
+
+    store = ProjectStore(Workspace(tmp_path))
+    project = store.create("P")
+    node_id = add_text_to_image(store, project.id)
+    job = prepare_take(store, project.id, node_id, quality_requested="standard",
+                       quality_used="standard", seed=1)
+    generating = start_take(store, project.id, node_id, job.take_id)
+    (store.project_dir(project.id) / job.output_path).write_bytes(b"\x89PNG\r\n\x1a\n")
+    complete_take(store, project.id, node_id, job.take_id, timings={})
+    return store, project.id, generating
+
+
+def test_a_take_that_completed_after_it_was_read_keeps_its_image_when_leftovers_are_cleared(
+        tmp_path: Path) -> None:
+    from tasks.recovery import clear_leftovers
+
+    # The reconciler read the take while it rendered, then (a long pass later) its lease was
+    # gone and it judged the worker dead: by then the take had completed.
+    store, project_id, read_while_generating = _completed_take(tmp_path)
+    clear_leftovers(store, project_id, read_while_generating)
+
+    output = store.project_dir(project_id) / read_while_generating.path
+    assert output.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_dead_attempts_output_is_cleared(tmp_path: Path) -> None:
+    from studio.prepare import prepare_take
+    from studio.store import ProjectStore
+    from studio.takes import start_take
+    from studio.workspace import Workspace
+    from tasks.recovery import clear_leftovers
+    from tests.stack_helpers import add_text_to_image
+
+    store = ProjectStore(Workspace(tmp_path))
+    project = store.create("P")
+    node_id = add_text_to_image(store, project.id)
+    job = prepare_take(store, project.id, node_id, quality_requested="standard",
+                       quality_used="standard", seed=1)
+    take = start_take(store, project.id, node_id, job.take_id)
+    output = store.project_dir(project.id) / job.output_path
+    output.write_bytes(b"half a png")
+    clear_leftovers(store, project.id, take)
+    assert not output.exists()

@@ -118,3 +118,35 @@ def test_listing_leaves_out_an_unreadable_project(store: ProjectStore) -> None:
     (broken / "project.json").write_text(json.dumps({"schema_version": 1}))
 
     assert [p.id for p in store.list()] == ["Good"]
+
+
+def test_an_edit_saves_indented_json_that_loads_back_as_the_edited_project(
+        store: ProjectStore) -> None:
+    project_id = saved_odyssey(store)
+
+    with store.edit(project_id) as project:
+        project.name = "Odyssée"  # non-ASCII is kept as written
+        edited = project.model_copy(deep=True)
+
+    text = store.manifest_path(project_id).read_text(encoding="utf-8")
+    assert text.startswith('{\n  "') and text.endswith("}\n") and "Odyssée" in text
+    assert json.loads(text) == edited.model_dump(mode="json")
+    assert store.load(project_id) == edited
+
+
+def test_a_take_path_leaving_the_project_is_refused_on_every_save(store: ProjectStore) -> None:
+    from studio.manifest import Take
+
+    project_id = saved_odyssey(store)
+    node = next(n for n in store.load(project_id).nodes if n.shot is not None)
+    take = Take.model_validate({
+        "id": "t1", "number": 1, "path": "03_Renders/a.png", "fingerprint": "f",
+        "pipeline_id": "p", "quality_requested": "standard", "quality_used": "standard",
+        "created_at": "2026-12-02T00:00:00Z",
+        "params": {"prompt": "p", "seed": 1, "steps": 1, "cfg_scale": 1.0, "width": 256,
+                   "height": 256}})
+    for _ in range(2):  # the path check is cached: a refusal must not become a pass
+        with pytest.raises(ManifestError, match="'..'"), store.edit(project_id) as project:
+            bad = take.model_copy(update={"path": "../elsewhere/a.png"})
+            project.get_node(node.id).takes.append(bad)
+    assert store.load(project_id).get_node(node.id).takes == []

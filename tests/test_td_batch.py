@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,7 +26,7 @@ from studio.batch import (
     take_seeds,
 )
 from studio.jobs import GenerationParams, TakeJob
-from studio.manifest import Shot, TakeStatus
+from studio.manifest import Project, Shot, TakeStatus
 from studio.store import ProjectNotFound, ProjectStore
 from studio.tiers import Quality
 from studio.workspace import Workspace
@@ -115,11 +117,24 @@ def test_a_sweep_without_a_seed_axis_shares_one_seed(store: ProjectStore) -> Non
         Sweep(shot="SHOT-010").cells()
 
 
+class CountingStore(ProjectStore):
+    """A store that counts its edits (each one rewrites the whole project.json)."""
+
+    edits = 0
+
+    @contextmanager
+    def edit(self, project_id: str) -> Iterator[Project]:
+        with super().edit(project_id) as project:
+            yield project
+        self.edits += 1
+
+
 @pytest.mark.parametrize("slots", [1, 3])
 def test_a_batch_keeps_at_most_its_concurrency_in_flight_and_reserves_takes_in_plan_order(
-        store: ProjectStore, monkeypatch: pytest.MonkeyPatch, slots: int) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slots: int) -> None:
     monkeypatch.setenv("STUDIO_BATCH_CONCURRENCY", str(slots))
     monkeypatch.delenv("STUDIO_RUNNER_MODE", raising=False)
+    store = CountingStore(Workspace(tmp_path))
     project = store.create("P")
     first = add_text_to_image(store, project.id, shot="SHOT_010")
     second = add_text_to_image(store, project.id, shot="SHOT_020", x=300)
@@ -128,35 +143,66 @@ def test_a_batch_keeps_at_most_its_concurrency_in_flight_and_reserves_takes_in_p
     planned = plan_takes(nodes, 4, [11, 12, 13, 14], Sweep(), None)
     lock = threading.Lock()
     in_flight: list[int] = []
+    ahead: list[int] = []
+    started: set[str] = set()
     finished: set[str] = set()
 
     def render(take: PlannedTake, job: TakeJob, task: object) -> TakeOutcome:
-        # Held until the batch has filled its slots (or reserved every take), as a slow render
-        # would be; every reserved take that has not ended is one in flight.
+        # Held until the batch has filled its slots (or started every take), as a slow render
+        # would be; every started take that has not ended is one in flight.
+        with lock:
+            started.add(job.take_id)
         deadline = time.monotonic() + 20
         while True:
             with lock:
+                now_in_flight = len(started - finished)
                 reserved = {t.id for n in store.load(project.id).nodes for t in n.takes}
-                now_in_flight = len(reserved - finished)
-            if now_in_flight >= slots or len(reserved) == len(planned) \
+                waiting = len(reserved - started)
+            if now_in_flight >= slots or len(started) == len(planned) \
                     or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
         in_flight.append(now_in_flight)
+        ahead.append(waiting)
         with lock:
             finished.add(job.take_id)
         return TakeOutcome(take, "done", f"take{job.take_number:02d}", job.output_path)
 
     done: list[int] = []
+    edits_before = store.edits
     outcomes = _render_all(store, project.id, planned, Quality.standard,
                            lambda index, outcome, seconds: done.append(index), render)
 
     assert max(in_flight) == slots  # overlapped up to the limit, never beyond
+    assert max(ahead) <= slots  # reserved at most a slot's worth ahead of the renders
     assert [o.planned for o in outcomes] == planned and sorted(done) == list(range(8))
     for node_id in (first, second):  # numbers follow the plan: take01 has the first seed
         takes = store.load(project.id).get_node(node_id).takes
         assert [(t.number, t.params["seed"]) for t in takes] == [(1, 11), (2, 12), (3, 13),
                                                                  (4, 14)]
+    # The first take alone, then a slot's worth per rewrite of project.json: 1 + 3 + 3 + 1.
+    assert store.edits - edits_before == (8 if slots == 1 else 4)
+
+
+def test_a_node_that_cannot_render_is_skipped_alone_and_the_takes_around_it_are_reserved(
+        store: ProjectStore) -> None:
+    from flows.batch import _prepare_group
+
+    project = store.create("P")
+    good = add_text_to_image(store, project.id, shot="SHOT_010")
+    bad = add_text_to_image(store, project.id, shot="SHOT_020", prompt="", x=300)
+    loaded = store.load(project.id)
+    planned = plan_takes([loaded.get_node(good), loaded.get_node(bad), loaded.get_node(good)],
+                         1, [3], Sweep(), None)
+
+    jobs = _prepare_group(store, project.id, planned, Quality.standard)
+
+    assert [type(j).__name__ for j in jobs] == ["TakeJob", "TakeOutcome", "TakeJob"]
+    assert isinstance(jobs[1], TakeOutcome) and jobs[1].status == "skipped"
+    assert "prompt is empty" in jobs[1].reason
+    after = store.load(project.id)
+    assert [t.number for t in after.get_node(good).takes] == [1, 2]
+    assert after.get_node(bad).takes == []
 
 
 def _unavailable() -> httpx.HTTPStatusError:
