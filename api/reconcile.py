@@ -258,6 +258,11 @@ class Reconciler:
                 decision = decide(facts, lost_after=self.lost_after)
         if decision.action in (Action.wait, Action.ask):
             return None
+        # A pass over many takes reads them all first and acts seconds later: a take that moved
+        # on meanwhile (it completed, so its lease is gone and it looks abandoned) is left to
+        # the next pass, which sees it as it is now.
+        if not await asyncio.to_thread(self._unchanged, project_id, node_id, take):
+            return None
         return await self._act(project_id, node_id, take, decision, state)
 
     async def _tier_idle_in_prefect(self, tier: Quality) -> float:
@@ -367,6 +372,12 @@ class Reconciler:
         await self.relay.announce_cancelled(project_id, node_id, take.id, take.task_run_id)
         self.relay.emit(TakeCancelled.of_take(project_id, node_id, take, take.task_run_id))
         return f"{where}: cancelled ({reason})"
+
+    def _unchanged(self, project_id: str, node_id: str, take: Take) -> bool:
+        node = self.store.load(project_id).get_node(node_id)
+        now = node.get_take(take.id) if node else None
+        return now is not None and (now.status, now.attempts, now.hand_outs, now.task_run_id) \
+            == (take.status, take.attempts, take.hand_outs, take.task_run_id)
 
     def _still_queued(self, project_id: str, node_id: str, take_id: str) -> bool:
         node = self.store.load(project_id).get_node(node_id)
