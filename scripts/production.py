@@ -251,7 +251,7 @@ class ProductionPrefect:
         """PostgreSQL refuses to run as root: run it as the `postgres` user then."""
         if os.geteuid() != 0:
             return cmd
-        return ["runuser", "-u", "postgres", "--", *cmd]
+        return [_runuser(), "-u", "postgres", "--", *cmd]
 
     def _check_reachable(self) -> None:
         """As root, the `postgres` user must be able to reach the data folder."""
@@ -387,3 +387,14 @@ class ProductionPrefect:
                 return False
 
         self._wait(ok, timeout, name)
+
+
+def _runuser() -> str:
+    """util-linux's runuser lives in /usr/sbin, which a plain user's PATH (and some CI
+    runners') leaves out."""
+    found = shutil.which("runuser") or next(
+        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(p, os.X_OK)), None)
+    if found is None:
+        raise SystemExit("runuser (util-linux) is needed to run PostgreSQL as the postgres user "
+                         "when the stack runs as root: apt-get install util-linux")
+    return found
