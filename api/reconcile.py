@@ -141,6 +141,11 @@ async def _set_state(task_run_id: str, state: State) -> None:
         log.info("could not set task run %s to %s: %s", task_run_id, state.name, exc)
 
 
+def _dropped_run(decision: Decision, state: State | None) -> bool:
+    """A new run for a take whose run a worker took (not final in Prefect) but never started."""
+    return decision.action == Action.submit and state is not None and not state.is_final()
+
+
 def _age(moment: datetime, now: datetime | None = None) -> float:
     return ((now or datetime.now(UTC)) - moment).total_seconds()
 
@@ -248,9 +253,7 @@ class Reconciler:
             facts = replace(facts, run_state=None if state is None else state.type,
                             waited=waited)
             decision = decide(facts, lost_after=self.lost_after)
-            if decision.action == Action.requeue or (
-                    decision.action == Action.submit and state is not None
-                    and not state.is_final()):
+            if decision.action == Action.requeue or _dropped_run(decision, state):
                 # "Idle" from Prefect's own state too: a dropped event stream or a slow
                 # worker between two takes must not pass for a lost queue or a dropped run.
                 idle = await self._tier_idle_in_prefect(take.quality_used)
@@ -319,8 +322,7 @@ class Reconciler:
         # processes, one wins.
         if not await asyncio.to_thread(self._claim, project_id, node_id, take):
             return None
-        if action == Action.submit and state is not None and not state.is_final() \
-                and take.task_run_id:
+        if _dropped_run(decision, state) and take.task_run_id:
             # A run its worker took and dropped stays PENDING in Prefect: end it, say why.
             await _set_state(take.task_run_id, Crashed(message=reason))
         if action == Action.requeue and state is not None and take.task_run_id:
@@ -373,15 +375,17 @@ class Reconciler:
         self.relay.emit(TakeCancelled.of_take(project_id, node_id, take, take.task_run_id))
         return f"{where}: cancelled ({reason})"
 
-    def _unchanged(self, project_id: str, node_id: str, take: Take) -> bool:
+    def _current(self, project_id: str, node_id: str, take_id: str) -> Take | None:
         node = self.store.load(project_id).get_node(node_id)
-        now = node.get_take(take.id) if node else None
+        return node.get_take(take_id) if node else None
+
+    def _unchanged(self, project_id: str, node_id: str, take: Take) -> bool:
+        now = self._current(project_id, node_id, take.id)
         return now is not None and (now.status, now.attempts, now.hand_outs, now.task_run_id) \
             == (take.status, take.attempts, take.hand_outs, take.task_run_id)
 
     def _still_queued(self, project_id: str, node_id: str, take_id: str) -> bool:
-        node = self.store.load(project_id).get_node(node_id)
-        take = node.get_take(take_id) if node else None
+        take = self._current(project_id, node_id, take_id)
         return take is not None and take.status == TakeStatus.queued
 
     def _claim(self, project_id: str, node_id: str, take: Take) -> bool:

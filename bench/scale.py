@@ -164,7 +164,7 @@ def bench_batch(studio: Studio, http: httpx.Client, sizes: Sizes, timeout: float
                        "the batch's flow run to end", every=2)
     wall = time.monotonic() - started
     counts = count_takes(studio, project_id, sizes.takes)
-    takes = [t for ts in all_takes(studio, project_id).values() for t in ts]
+    takes = list(_by_id(studio, project_id).values())
     return {**counts, "state": final, **batch_figures(takes, wall, counts["completed"])}
 
 
@@ -182,9 +182,6 @@ async def _collect(url: str, stop: asyncio.Event, out: list[dict], ready: asynci
             except TimeoutError:
                 continue
             out.append({**json.loads(raw), "_at": time.monotonic()})
-
-
-END_KINDS = ("server:task_success", "server:task_failed")
 
 
 def _ended_take(message: dict) -> str | None:
@@ -239,16 +236,24 @@ async def _clicks_and_clients(ws_url: str, node_ids: list[str], clicks: int, cli
     return fired, outs
 
 
+def _by_id(studio: Studio, project_id: str) -> dict[str, dict[str, Any]]:
+    return {t["id"]: t for ts in all_takes(studio, project_id).values() for t in ts}
+
+
 def settle(studio: Studio, project_id: str, timeout: float = 120) -> float:
     """Waits until no take of the project is queued or generating (each end message the
     clients got must match project.json by then); returns the seconds waited."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        takes = [t for ts in all_takes(studio, project_id).values() for t in ts]
+        takes = _by_id(studio, project_id).values()
         if all(t["status"] not in ("queued", "generating") for t in takes):
             break
         time.sleep(0.5)
     return time.monotonic() - started
+
+
+# The end message a take's final status is announced with.
+_END_KIND = {"completed": "success", "failed": "failed", "cancelled": "cancelled"}
 
 
 def end_contradictions(outs: list[list[dict]], at_end: dict[str, dict[str, Any]],
@@ -259,11 +264,10 @@ def end_contradictions(outs: list[list[dict]], at_end: dict[str, dict[str, Any]]
     for take_id in sorted({t for out in outs for t in _ended_takes(out)} | set(final)):
         kinds = Counter(m["type"].removeprefix("server:task_") for out in outs[:1] for m in out
                         if _ended_take(m) == take_id)
-        expected = {"completed": "success", "failed": "failed", "cancelled": "cancelled"}
         now, later = at_end.get(take_id, {}), final.get(take_id, {})
         if len(kinds) != 1 or sum(kinds.values()) != 1 or \
-                {expected.get(now.get("status", ""), now.get("status")),
-                 expected.get(later.get("status", ""), later.get("status"))} != set(kinds):
+                {_END_KIND.get(now.get("status", ""), now.get("status")),
+                 _END_KIND.get(later.get("status", ""), later.get("status"))} != set(kinds):
             found.append({"take": later.get("number"), "messages": dict(kinds),
                           "status_when_ended": now.get("status"),
                           "status_later": later.get("status"),
@@ -271,8 +275,13 @@ def end_contradictions(outs: list[list[dict]], at_end: dict[str, dict[str, Any]]
     return found
 
 
-def _by_id(studio: Studio, project_id: str) -> dict[str, dict[str, Any]]:
-    return {t["id"]: t for ts in all_takes(studio, project_id).values() for t in ts}
+def _check_ends(studio: Studio, project_id: str, outs: list[list[dict]]) -> dict[str, Any]:
+    """The clients' end messages against project.json, as the scenario ended and once settled."""
+    at_end = _by_id(studio, project_id)
+    settled = settle(studio, project_id)
+    contradictions = end_contradictions(outs, at_end, _by_id(studio, project_id))
+    return {"end_contradictions": len(contradictions), "contradicted": contradictions,
+            "settle_s": settled}
 
 
 def bench_clicks(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes,
@@ -280,9 +289,7 @@ def bench_clicks(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes,
     project_id, node_ids = new_project(http, "Scale Clicks", sizes.click_nodes)
     ws_url = api_url.replace("http://", "ws://") + f"/ws/{project_id}"
     fired, [out] = asyncio.run(_clicks_and_clients(ws_url, node_ids, sizes.clicks, 1, timeout))
-    at_end = _by_id(studio, project_id)
-    settled = settle(studio, project_id)
-    contradictions = end_contradictions([out], at_end, _by_id(studio, project_id))
+    ends = _check_ends(studio, project_id, [out])
     successes = [m for m in out if m["type"] == "server:task_success"]
     latencies = [m["_at"] - fired for m in successes]
     per_node = sizes.clicks // sizes.click_nodes
@@ -292,8 +299,7 @@ def bench_clicks(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes,
     return {**counts, "distinct_numbers": numbers_ok,
             "successes": len({m["payload"]["result"]["take_id"] for m in successes}),
             "success_messages": len(successes),
-            "end_contradictions": len(contradictions), "contradicted": contradictions,
-            "settle_s": settled,
+            **ends,
             "p50_s": pct(latencies, 0.5), "p95_s": pct(latencies, 0.95)}
 
 
@@ -306,9 +312,7 @@ def bench_clients(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes
     _, outs = asyncio.run(_clicks_and_clients(ws_url, node_ids, sizes.client_takes,
                                               sizes.clients, timeout))
     after = rss_mb(api_pid)
-    at_end = _by_id(studio, project_id)
-    settled = settle(studio, project_id)
-    contradictions = end_contradictions(outs, at_end, _by_id(studio, project_id))
+    ends = _check_ends(studio, project_id, outs)
     sequences = [_take_messages(out) for out in outs]
     reference = Counter(tuple(s) for s in sequences).most_common(1)[0][0]
     exact = 0
@@ -320,8 +324,7 @@ def bench_clients(studio: Studio, http: httpx.Client, api_url: str, sizes: Sizes
             exact += 1
     counts = count_takes(studio, project_id, sizes.client_takes // 2)
     return {**counts, "clients_exact": exact, "clients": sizes.clients,
-            "end_contradictions": len(contradictions), "contradicted": contradictions,
-            "settle_s": settled,
+            **ends,
             "messages_per_client": len(reference), "rss_before_mb": before,
             "rss_after_mb": after}
 

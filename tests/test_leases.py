@@ -56,10 +56,10 @@ def test_a_lease_held_on_another_host_is_judged_by_its_age_only(tmp_path: Path) 
     assert not holder_gone(tmp_path, "no-such-take")
 
 
-def _completed_take(tmp_path: Path):  # noqa: ANN202 - (store, project id, take as read before)
+def _generating_take(tmp_path: Path):  # noqa: ANN202 - (store, project id, node id, take)
     from studio.prepare import prepare_take
     from studio.store import ProjectStore
-    from studio.takes import complete_take, start_take
+    from studio.takes import start_take
     from studio.workspace import Workspace
     from tests.stack_helpers import add_text_to_image
 
@@ -68,10 +68,16 @@ def _completed_take(tmp_path: Path):  # noqa: ANN202 - (store, project id, take 
     node_id = add_text_to_image(store, project.id)
     job = prepare_take(store, project.id, node_id, quality_requested="standard",
                        quality_used="standard", seed=1)
-    generating = start_take(store, project.id, node_id, job.take_id)
-    (store.project_dir(project.id) / job.output_path).write_bytes(b"\x89PNG\r\n\x1a\n")
-    complete_take(store, project.id, node_id, job.take_id, timings={})
-    return store, project.id, generating
+    return store, project.id, node_id, start_take(store, project.id, node_id, job.take_id)
+
+
+def _completed_take(tmp_path: Path):  # noqa: ANN202 - (store, project id, take as read before)
+    from studio.takes import complete_take
+
+    store, project_id, node_id, generating = _generating_take(tmp_path)
+    (store.project_dir(project_id) / generating.path).write_bytes(b"\x89PNG\r\n\x1a\n")
+    complete_take(store, project_id, node_id, generating.id, timings={})
+    return store, project_id, generating
 
 
 def test_a_take_that_completed_after_it_was_read_keeps_its_image_when_leftovers_are_cleared(
@@ -88,20 +94,10 @@ def test_a_take_that_completed_after_it_was_read_keeps_its_image_when_leftovers_
 
 
 def test_a_dead_attempts_output_is_cleared(tmp_path: Path) -> None:
-    from studio.prepare import prepare_take
-    from studio.store import ProjectStore
-    from studio.takes import start_take
-    from studio.workspace import Workspace
     from tasks.recovery import clear_leftovers
-    from tests.stack_helpers import add_text_to_image
 
-    store = ProjectStore(Workspace(tmp_path))
-    project = store.create("P")
-    node_id = add_text_to_image(store, project.id)
-    job = prepare_take(store, project.id, node_id, quality_requested="standard",
-                       quality_used="standard", seed=1)
-    take = start_take(store, project.id, node_id, job.take_id)
-    output = store.project_dir(project.id) / job.output_path
+    store, project_id, _, take = _generating_take(tmp_path)
+    output = store.project_dir(project_id) / take.path
     output.write_bytes(b"half a png")
-    clear_leftovers(store, project.id, take)
+    clear_leftovers(store, project_id, take)
     assert not output.exists()
