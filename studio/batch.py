@@ -36,7 +36,7 @@ class BatchQuality(StrEnum):
     high = "high"
 
     def resolve(self, project: Project) -> Quality:
-        return Quality(project.quality) if self is BatchQuality.project else Quality(self.value)
+        return project.quality if self is BatchQuality.project else Quality(self.value)
 
 
 class Sweep(BaseModel):

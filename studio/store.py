@@ -69,7 +69,7 @@ class ProjectStore:
         folder = self.project_dir(project_id)
         for sub in PROJECT_FOLDERS:
             (folder / sub).mkdir()
-        project = Project(id=project_id, name=name, quality=Quality(quality))
+        project = Project(id=project_id, name=name, quality=quality)
         save_project(folder / MANIFEST, project)
         return project
 

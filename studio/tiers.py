@@ -86,9 +86,9 @@ TIERS: dict[Quality, Tier] = {
 _ORDER = [Quality.high, Quality.standard, Quality.low]
 
 
-def fallback_order(quality: Quality | str) -> list[Quality]:
+def fallback_order(quality: Quality) -> list[Quality]:
     """The requested tier, then each lower tier, in the order the dispatcher tries them."""
-    return _ORDER[_ORDER.index(Quality(quality)) :]
+    return _ORDER[_ORDER.index(quality) :]
 
 
 def tier_for_pipeline(pipeline_id: str) -> Tier:

@@ -28,11 +28,11 @@ def worker_resource(quality: Quality) -> dict[str, str]:
     }
 
 
-def start_heartbeat(quality: Quality | str, every_s: float = EVERY_S) -> threading.Event:
+def start_heartbeat(quality: Quality, every_s: float = EVERY_S) -> threading.Event:
     """Emits a heartbeat now and every `every_s` seconds from a daemon thread; set the returned
     event to stop it."""
     stop = threading.Event()
-    resource = worker_resource(Quality(quality))
+    resource = worker_resource(quality)
 
     def beat() -> None:
         while not stop.is_set():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,10 @@ from prefect.states import Cancelled
 
 from runners.flux.contract import ExitCode, preview_path_for
 from runners.registry import strategy_for
-from runners.strategies import RunnerFailed
+from runners.strategies import RunnerFailed, RunResult
 from runners.take_request import take_request
 from studio.jobs import TakeJob
-from studio.manifest import TakeStatus
+from studio.manifest import Take, TakeStatus
 from studio.store import ProjectStore
 from studio.take_events import TakeCancelled, TakeFailed, TakeProgress, TakeStarted, TakeSucceeded
 from studio.takes import TakeError, cancel_take, complete_take, fail_take, start_take
@@ -93,105 +94,132 @@ def _failure_text(job: TakeJob, exc: RunnerFailed) -> str:
     return exc.message
 
 
-def _fail(store: ProjectStore, job: TakeJob, task_run_id: str | None, message: str) -> None:
-    try:
-        fail_take(store, job.project_id, job.node_id, job.take_id, message)
-    except (TakeError, LookupError, ValueError) as exc:  # project or take gone: still tell
-        log.warning("could not record the failure of %s: %s", job.take_id, exc)
-    events.emit(TakeFailed.of_job(job, task_run_id, error=message))
+class _TakeRun:
+    """One reserved take on this worker: where it lives, which Prefect run carries it, and the
+    ways it ends (cancelled, failed) recorded in project.json and as events."""
 
+    def __init__(self, job: TakeJob) -> None:
+        self.job = job
+        self.workspace = Workspace()
+        self.store = ProjectStore(self.workspace)
+        self.project_dir = self.store.project_dir(job.project_id)
+        self.output = self.project_dir / job.output_path
+        ctx = TaskRunContext.get()
+        self.task_run_id = str(ctx.task_run.id) if ctx else None
+        self.flow_run_id = (str(ctx.task_run.flow_run_id)
+                            if ctx and ctx.task_run.flow_run_id else None)
+        self.result_of: dict[str, Any] = {"output_path": job.output_path, "take_id": job.take_id}
+        self.started = time.perf_counter()
 
-def _cancelled(store: ProjectStore, job: TakeJob, task_run_id: str | None,
-               output: Path) -> State:
-    """The take stopped at the artist's request: no file, recorded `cancelled`, and the
-    Prefect task run ends Cancelled."""
-    output.unlink(missing_ok=True)
-    try:
-        cancel_take(store, job.project_id, job.node_id, job.take_id)
-    except (TakeError, LookupError, ValueError) as exc:
-        log.warning("could not record the cancel of %s: %s", job.take_id, exc)
-    clear_cancel(store.workspace.root, job.take_id)
-    events.emit(TakeCancelled.of_job(job, task_run_id))
-    return Cancelled(message=f"{take_label(job)} was cancelled")
+    def cancel_asked(self) -> bool:
+        return cancel_requested(self.workspace.root, self.job.take_id)
 
+    def rendered_elsewhere(self) -> bool:
+        """Another worker holds the take's live lease (a copy of the run delivered twice)."""
+        root, take_id = self.workspace.root, self.job.take_id
+        age = lease_age(root, take_id)
+        return age is not None and age < STALE_AFTER_SECONDS and not holder_gone(root, take_id)
 
-def _rendered_elsewhere(store: ProjectStore, job: TakeJob) -> bool:
-    """Another worker holds the take's live lease (a copy of the run delivered twice)."""
-    root = store.workspace.root
-    age = lease_age(root, job.take_id)
-    return age is not None and age < STALE_AFTER_SECONDS and not holder_gone(root, job.take_id)
+    def on_progress(self, percent: int, step: str, preview_path: str | None) -> None:
+        # Called between denoising steps: the runner unwinds and writes nothing.
+        if self.cancel_asked():
+            raise CancelRequested(self.job.take_id)
+        preview = None
+        if preview_path:
+            preview = (Path(preview_path).resolve()
+                       .relative_to(self.project_dir.resolve()).as_posix())
+        events.emit(TakeProgress.of_job(self.job, self.task_run_id, progress=percent, step=step,
+                                        preview_path=preview))
+
+    def cancelled(self) -> State:
+        """The take stopped at the artist's request: no file, recorded `cancelled`, and the
+        Prefect task run ends Cancelled."""
+        job = self.job
+        self.output.unlink(missing_ok=True)
+        try:
+            cancel_take(self.store, job.project_id, job.node_id, job.take_id)
+        except (TakeError, LookupError, ValueError) as exc:
+            log.warning("could not record the cancel of %s: %s", job.take_id, exc)
+        clear_cancel(self.workspace.root, job.take_id)
+        events.emit(TakeCancelled.of_job(job, self.task_run_id))
+        return Cancelled(message=f"{take_label(job)} was cancelled")
+
+    def fail(self, message: str) -> None:
+        job = self.job
+        try:
+            fail_take(self.store, job.project_id, job.node_id, job.take_id, message)
+        except (TakeError, LookupError, ValueError) as exc:  # project or take gone: still tell
+            log.warning("could not record the failure of %s: %s", job.take_id, exc)
+        events.emit(TakeFailed.of_job(job, self.task_run_id, error=message))
+
+    def start(self) -> Take | dict[str, Any] | State:
+        """Records the take `generating`; what to return instead when it must not render."""
+        job = self.job
+        if self.cancel_asked():
+            return self.cancelled()
+        try:
+            take = start_take(self.store, job.project_id, job.node_id, job.take_id,
+                              task_run_id=self.task_run_id, flow_run_id=self.flow_run_id)
+        except TakeError as exc:  # a copy of its run delivered after the take ended
+            log.warning("skipping %s (task run %s): %s; nothing rendered", take_label(job),
+                        self.task_run_id, exc)
+            if exc.status == TakeStatus.cancelled:  # no second read of project.json
+                return Cancelled(message=f"{take_label(job)} was cancelled before it started")
+            return {**self.result_of, "skipped": str(exc)}
+        events.emit(TakeStarted.of_job(job, self.task_run_id, attempt=take.attempts))
+        return take
+
+    def render(self, mode: str | None) -> RunResult | State:
+        """Runs the started take through its runner and records how it ended."""
+        job = self.job
+        try:
+            strategy = strategy_for(job.pipeline_id, mode)
+            request = take_request(job, workspace_root=self.workspace.root,
+                                   project_dir=self.project_dir)
+            try:
+                result = strategy.run(request, self.on_progress)
+            finally:
+                # The live preview has served its purpose once the take ends, either way.
+                preview_path_for(self.output).unlink(missing_ok=True)
+            if self.cancel_asked():  # asked after the last step
+                return self.cancelled()
+            result = replace(result, timings={**result.timings,
+                                              "total": time.perf_counter() - self.started})
+            complete_take(self.store, job.project_id, job.node_id, job.take_id,
+                          timings=result.timings, applied=artifacts.effective_settings(job))
+            return result
+        except RunnerFailed as exc:
+            if self.cancel_asked():
+                return self.cancelled()
+            message = _failure_text(job, exc)
+            self.fail(message)
+            raise RunnerFailed(message, exc.exit_code) from exc
+        except BaseException as exc:  # a bug or an interrupt must not leave it "generating"
+            if isinstance(exc, CancelRequested):
+                return self.cancelled()
+            self.fail(f"{type(exc).__name__}: {exc}")
+            raise
 
 
 def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State:
     """Runs one reserved take and records it. Raises RunnerFailed when the runner fails;
     returns a Cancelled state when the take was cancelled (before or while it rendered)."""
-    workspace = Workspace()
-    store = ProjectStore(workspace)
-    project_dir = store.project_dir(job.project_id)
-    ctx = TaskRunContext.get()
-    task_run_id = str(ctx.task_run.id) if ctx else None
-    flow_run_id = str(ctx.task_run.flow_run_id) if ctx and ctx.task_run.flow_run_id else None
-    result_of = {"output_path": job.output_path, "take_id": job.take_id}
-
-    def on_progress(percent: int, step: str, preview_path: str | None) -> None:
-        # Called between denoising steps: the runner unwinds and writes nothing.
-        if cancel_requested(workspace.root, job.take_id):
-            raise CancelRequested(job.take_id)
-        preview = None
-        if preview_path:
-            preview = Path(preview_path).resolve().relative_to(project_dir.resolve()).as_posix()
-        events.emit(TakeProgress.of_job(job, task_run_id, progress=percent, step=step,
-                                        preview_path=preview))
-
-    started = time.perf_counter()
-    output = project_dir / job.output_path
-    preview_file = preview_path_for(output)
-    if _rendered_elsewhere(store, job):
+    run = _TakeRun(job)
+    if run.rendered_elsewhere():
         log.warning("skipping %s: another worker is rendering it", take_label(job))
-        return {**result_of, "skipped": "rendered by another worker"}
+        return {**run.result_of, "skipped": "rendered by another worker"}
     # The lease covers the recording too: a take is never "generating" without a live lease.
-    with Lease(workspace.root, job.take_id):
-        if cancel_requested(workspace.root, job.take_id):
-            return _cancelled(store, job, task_run_id, output)
-        try:
-            take = start_take(store, job.project_id, job.node_id, job.take_id,
-                              task_run_id=task_run_id, flow_run_id=flow_run_id)
-        except TakeError as exc:  # a copy of its run delivered after the take ended
-            log.warning("skipping %s (task run %s): %s; nothing rendered", take_label(job),
-                        task_run_id, exc)
-            if exc.status == TakeStatus.cancelled:  # no second read of project.json
-                return Cancelled(message=f"{take_label(job)} was cancelled before it started")
-            return {**result_of, "skipped": str(exc)}
-        try:
-            events.emit(TakeStarted.of_job(job, task_run_id, attempt=take.attempts))
-            strategy = strategy_for(job.pipeline_id, mode)
-            request = take_request(job, workspace_root=workspace.root, project_dir=project_dir)
-            try:
-                result = strategy.run(request, on_progress)
-            finally:
-                # The live preview has served its purpose once the take ends, either way.
-                preview_file.unlink(missing_ok=True)
-            if cancel_requested(workspace.root, job.take_id):  # asked after the last step
-                return _cancelled(store, job, task_run_id, output)
-            timings = {**result.timings, "total": time.perf_counter() - started}
-            complete_take(store, job.project_id, job.node_id, job.take_id, timings=timings,
-                          applied=artifacts.effective_settings(job))
-        except RunnerFailed as exc:
-            if cancel_requested(workspace.root, job.take_id):
-                return _cancelled(store, job, task_run_id, output)
-            message = _failure_text(job, exc)
-            _fail(store, job, task_run_id, message)
-            raise RunnerFailed(message, exc.exit_code) from exc
-        except BaseException as exc:  # a bug or an interrupt must not leave it "generating"
-            if isinstance(exc, CancelRequested):
-                return _cancelled(store, job, task_run_id, output)
-            _fail(store, job, task_run_id, f"{type(exc).__name__}: {exc}")
-            raise
-
-    _record_artifacts(job, result.seed, timings)
-    events.emit(TakeSucceeded.of_job(job, task_run_id, output_path=job.output_path))
+    with Lease(run.workspace.root, job.take_id):
+        started = run.start()
+        if not isinstance(started, Take):
+            return started
+        result = run.render(mode)
+    if not isinstance(result, RunResult):
+        return result
+    _record_artifacts(job, result.seed, result.timings)
+    events.emit(TakeSucceeded.of_job(job, run.task_run_id, output_path=job.output_path))
     return {
-        **result_of,
+        **run.result_of,
         "seed": result.seed if result.seed is not None else job.params.seed,
         "loaded_pipeline": result.loaded_pipeline,
     }
@@ -225,5 +253,5 @@ TIER_TASKS: dict[Quality, Task[..., dict[str, Any] | State]] = {
 }
 
 
-def tier_task(quality: Quality | str) -> Task[..., dict[str, Any] | State]:
-    return TIER_TASKS[Quality(quality)]
+def tier_task(quality: Quality) -> Task[..., dict[str, Any] | State]:
+    return TIER_TASKS[quality]

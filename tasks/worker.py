@@ -54,10 +54,9 @@ def preload(quality: Quality) -> bool:
     return True
 
 
-def serve_tier(quality: Quality | str, limit: int = 1, warm: bool = True) -> None:
+def serve_tier(q: Quality, limit: int = 1, warm: bool = True) -> None:
     from prefect.task_worker import serve
 
-    q = Quality(quality)
     if os.environ.get("STUDIO_RUNNER_MODE", "in-process") == "in-process" and warm:
         preload(q)
     _say(f"ready: serving {tier_task(q).name} (limit {limit}) at "

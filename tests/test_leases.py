@@ -60,14 +60,15 @@ def _generating_take(tmp_path: Path):  # noqa: ANN202 - (store, project id, node
     from studio.prepare import prepare_take
     from studio.store import ProjectStore
     from studio.takes import start_take
+    from studio.tiers import Quality
     from studio.workspace import Workspace
     from tests.stack_helpers import add_text_to_image
 
     store = ProjectStore(Workspace(tmp_path))
     project = store.create("P")
     node_id = add_text_to_image(store, project.id)
-    job = prepare_take(store, project.id, node_id, quality_requested="standard",
-                       quality_used="standard", seed=1)
+    job = prepare_take(store, project.id, node_id, quality_requested=Quality.standard,
+                       quality_used=Quality.standard, seed=1)
     return store, project.id, node_id, start_take(store, project.id, node_id, job.take_id)
 
 

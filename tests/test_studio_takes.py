@@ -28,6 +28,7 @@ from studio.takes import (
     take_filename,
     take_path,
 )
+from studio.tiers import Quality
 from studio.workspace import PathEscapeError, Workspace
 from tests.factories import odyssey
 
@@ -49,8 +50,8 @@ def reserve(store: ProjectStore) -> tuple[int, str]:
         store,
         "Project_Odyssey",
         "shot15",
-        quality_requested="high",
-        quality_used="standard",
+        quality_requested=Quality.high,
+        quality_used=Quality.standard,
         pipeline_id="flux-dev-fp8",
         params=to_generation_params(resolve_inputs(project, "shot15")),
         fingerprint=fingerprint(project, "shot15"),
@@ -172,8 +173,8 @@ def test_a_failed_take_never_starts_again(store: ProjectStore) -> None:
 def test_a_batchs_failed_attempt_is_started_again_only_by_its_own_retry(
         store: ProjectStore) -> None:
     # Prefect retries an infrastructure failure as the same task run in the batch's flow run.
-    job = prepare_take(store, "Project_Odyssey", "shot15", quality_requested="standard",
-                       quality_used="standard", flow_run_id="batch-1")
+    job = prepare_take(store, "Project_Odyssey", "shot15", quality_requested=Quality.standard,
+                       quality_used=Quality.standard, flow_run_id="batch-1")
     start_take(store, "Project_Odyssey", "shot15", job.take_id, task_run_id="run-1",
                flow_run_id="batch-1")
     fail_take(store, "Project_Odyssey", "shot15", job.take_id, "the runner was killed")
@@ -321,8 +322,8 @@ def test_a_queued_take_is_cancelled_at_once_a_generating_one_is_left_to_its_work
 
 def _reserved_take(store: ProjectStore) -> tuple[int, str]:
     project = store.load("Project_Odyssey")
-    take = reserve_take(store, "Project_Odyssey", "shot15", quality_requested="standard",
-                        quality_used="standard", pipeline_id="flux-dev-fp8",
+    take = reserve_take(store, "Project_Odyssey", "shot15", quality_requested=Quality.standard,
+                        quality_used=Quality.standard, pipeline_id="flux-dev-fp8",
                         params=to_generation_params(resolve_inputs(project, "shot15")),
                         fingerprint=fingerprint(project, "shot15"))
     return take.number, take.id

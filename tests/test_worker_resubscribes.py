@@ -52,7 +52,8 @@ def test_a_worker_whose_handshake_fails_subscribes_again_in_the_same_process(
            "STUDIO_WORKSPACE": str(tmp_path), "PREFECT_LOGGING_LEVEL": "WARNING"}
     worker = subprocess.Popen(
         [sys.executable, "-c",
-         "from tasks.worker import serve_tier; serve_tier('standard', warm=False)"],
+         "from studio.tiers import Quality; from tasks.worker import serve_tier; "
+         "serve_tier(Quality.standard, warm=False)"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
 
