@@ -44,7 +44,7 @@ from studio.batch import (
     take_seeds,
 )
 from studio.jobs import TakeJob
-from studio.manifest import Node
+from studio.manifest import Node, Project
 from studio.prepare import prepare_in
 from studio.store import ProjectStore
 from studio.takes import TakeError, fail_take
@@ -405,13 +405,7 @@ def batch_takes(
 
     outcomes = _render_all(store, found.id, planned, q, on_done)
 
-    sheet_rel = _write_contact_sheet(store, found.id, outcomes, sweep if target else None)
-    sheet_url = artifacts.file_url(found.id, sheet_rel)
-    create_image_artifact(image_url=sheet_url, key=artifacts.batch_key(found.id, "contact-sheet"),
-                          description=f"{run_label}: contact sheet ({sheet_rel})")
-    summary = _summary(found.id, found.name, run_label, outcomes, sheet_url)
-    create_markdown_artifact(markdown=summary, key=artifacts.batch_key(found.id, "summary"),
-                             description=run_label)
+    sheet_rel = _publish(store, found, run_label, outcomes, sweep if target else None)
     done = sum(o.status == "done" for o in outcomes)
     failed = [o for o in outcomes if o.status != "done"]
     logger.info("%s: %d done, %d failed or skipped; contact sheet %s", run_label, done,
@@ -422,6 +416,19 @@ def batch_takes(
                           f"{done} done, contact sheet {sheet_rel}")
     return {"project": found.id, "contact_sheet": sheet_rel,
             "takes": [o.result for o in outcomes]}
+
+
+def _publish(store: ProjectStore, project: Project, run_label: str,
+             outcomes: list[TakeOutcome], sweep: Sweep | None) -> str:
+    """The contact sheet and the summary, as files and artifacts; returns the sheet's path."""
+    sheet_rel = _write_contact_sheet(store, project.id, outcomes, sweep)
+    sheet_url = artifacts.file_url(project.id, sheet_rel)
+    create_image_artifact(image_url=sheet_url, key=artifacts.batch_key(project.id, "contact-sheet"),
+                          description=f"{run_label}: contact sheet ({sheet_rel})")
+    summary = _summary(project.id, project.name, run_label, outcomes, sheet_url)
+    create_markdown_artifact(markdown=summary, key=artifacts.batch_key(project.id, "summary"),
+                             description=run_label)
+    return sheet_rel
 
 
 def _write_contact_sheet(store: ProjectStore, project_id: str, outcomes: list[TakeOutcome],
