@@ -69,7 +69,7 @@ def instrument() -> None:
     """Wrap project.json's edit/read/write and every httpx request (Prefect's clients)."""
     import httpx
 
-    import studio.manifest as manifest
+    import studio.project_file as project_file
     import studio.store as store
 
     def wrap(module: Any, name: str, label: str) -> None:
@@ -85,7 +85,7 @@ def instrument() -> None:
     wrap(store, "parse_project", "project.json re-validate on save")
     wrap(store, "validate_project", "project.json graph check")
     wrap(store, "write_project", "project.json write (fsync)")
-    wrap(manifest, "write_project", "project.json write (fsync)")
+    wrap(project_file, "write_project", "project.json write (fsync)")
 
     original_edit = store.ProjectStore.edit
 

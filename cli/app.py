@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 
 from studio.graph import validate_project
-from studio.manifest import ManifestError, Project, load_project
+from studio.manifest import ManifestError, Project
 from studio.nodes import node_types_schema
+from studio.project_file import load_project
 from studio.sockets import REPRESENTATION
 from studio.store import ProjectStore
 from studio.tiers import Quality

@@ -10,9 +10,8 @@ from itertools import count
 from pathlib import Path
 
 from studio.graph import GraphError, validate_project
-from studio.manifest import (
-    ManifestError,
-    Project,
+from studio.manifest import ManifestError, Project
+from studio.project_file import (
     dump_project,
     load_project,
     parse_project,

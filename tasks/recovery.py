@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from studio.manifest import Take, TakeStatus, project_lock
+from studio.manifest import Take, TakeStatus
+from studio.project_file import project_lock
 from studio.store import ProjectStore
 from studio.takes import fail_take
 from studio.workspace import safe_path

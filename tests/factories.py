@@ -7,17 +7,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from studio.manifest import (
-    Asset,
-    Edge,
-    Project,
-    Shot,
-    Take,
-    TakeStatus,
-    new_node,
-    now,
-    save_project,
-)
+from studio.manifest import Asset, Edge, Project, Shot, Take, TakeStatus, new_node, now
+from studio.project_file import save_project
 from studio.store import ProjectStore
 from studio.workspace import Workspace
 

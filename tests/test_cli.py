@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from studio.manifest import TakeStatus, save_project
+from studio.manifest import TakeStatus
+from studio.project_file import save_project
 from tests.factories import add_take, odyssey
 
 STUDIO = Path(sys.executable).parent / "studio"

@@ -16,16 +16,8 @@ from typing import Any
 
 import pytest
 
-from studio.manifest import (
-    SCHEMA_VERSION,
-    Edge,
-    ManifestError,
-    Project,
-    Shot,
-    TakeStatus,
-    load_project,
-    save_project,
-)
+from studio.manifest import SCHEMA_VERSION, Edge, ManifestError, Project, Shot, TakeStatus
+from studio.project_file import load_project, save_project
 from tests.factories import add_take, odyssey
 
 
@@ -224,7 +216,7 @@ def test_saving_leaves_only_the_manifest_and_its_lock(tmp_path: Path) -> None:
 
 SAVE_LOOP = """
 import sys
-from studio.manifest import load_project, save_project
+from studio.project_file import load_project, save_project
 path = sys.argv[1]
 project = load_project(path)
 i = 0

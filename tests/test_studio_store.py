@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from studio.graph import GraphError
-from studio.manifest import Edge, ManifestError, load_project, save_project
+from studio.manifest import Edge, ManifestError
+from studio.project_file import load_project, save_project
 from studio.store import ProjectNotFound, ProjectStore
 from studio.workspace import Workspace
 from tests.factories import odyssey

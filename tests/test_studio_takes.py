@@ -11,9 +11,10 @@ import pytest
 
 from studio.graph import fingerprint, node_state, resolve_inputs, to_generation_params
 from studio.jobs import GenerationParams
-from studio.manifest import Shot, TakeStatus, save_project
+from studio.manifest import Shot, TakeStatus
 from studio.nodes import NodeState
 from studio.prepare import prepare_take
+from studio.project_file import save_project
 from studio.store import ProjectStore
 from studio.takes import (
     TakeError,

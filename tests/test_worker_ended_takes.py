@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from studio.manifest import TakeStatus, save_project
+from studio.manifest import TakeStatus
 from studio.prepare import prepare_take
+from studio.project_file import save_project
 from studio.store import ProjectStore
 from studio.takes import cancel_if_queued, fail_take
 from studio.tiers import Quality
