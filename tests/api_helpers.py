@@ -155,12 +155,13 @@ def new_project(http: httpx.Client, name: str, quality: str = "standard") -> str
 
 
 def add_t2i(http: httpx.Client, project_id: str, *, steps: int = 2, prompt: str = "a red fox",
-            shot: str | None = None) -> str:
-    """A Text-to-Image node rendering fast on the tiny model: 256x256, `steps` steps."""
+            shot: str | None = None, size: int = 256) -> str:
+    """A Text-to-Image node rendering fast on the tiny model: 256x256, `steps` steps (a larger
+    `size` for a take that must still be rendering when the test acts on it)."""
     body: dict[str, Any] = {
         "node_type": "text_to_image",
         "params": {"prompt": prompt, "steps": steps, "seed": 7, "preset": "custom",
-                   "width": 256, "height": 256},
+                   "width": size, "height": size},
     }
     if shot:
         body["shot"] = {"scene": "SCENE_01", "shot": shot, "version": "v01"}
