@@ -166,13 +166,13 @@ class _TakeRun:
             if exc.status == TakeStatus.cancelled:  # no second read of project.json
                 return Cancelled(message=f"{take_label(job)} was cancelled before it started")
             return {**self.result_of, "skipped": str(exc)}
-        events.emit(TakeStarted.of_job(job, self.task_run_id, attempt=take.attempts))
         return take
 
-    def render(self, mode: str | None) -> RunResult | State:
+    def render(self, take: Take, mode: str | None) -> RunResult | State:
         """Runs the started take through its runner and records how it ended."""
         job = self.job
         try:
+            events.emit(TakeStarted.of_job(job, self.task_run_id, attempt=take.attempts))
             strategy = strategy_for(job.pipeline_id, mode)
             request = take_request(job, workspace_root=self.workspace.root,
                                    project_dir=self.project_dir)
@@ -213,7 +213,7 @@ def render_take(job: TakeJob, mode: str | None = None) -> dict[str, Any] | State
         started = run.start()
         if not isinstance(started, Take):
             return started
-        result = run.render(mode)
+        result = run.render(started, mode)
     if not isinstance(result, RunResult):
         return result
     _record_artifacts(job, result.seed, result.timings)
