@@ -54,16 +54,16 @@ def preload(quality: Quality) -> bool:
     return True
 
 
-def serve_tier(q: Quality, limit: int = 1, warm: bool = True) -> None:
+def serve_tier(quality: Quality, limit: int = 1, warm: bool = True) -> None:
     from prefect.task_worker import serve
 
     if os.environ.get("STUDIO_RUNNER_MODE", "in-process") == "in-process" and warm:
-        preload(q)
-    _say(f"ready: serving {tier_task(q).name} (limit {limit}) at "
+        preload(quality)
+    _say(f"ready: serving {tier_task(quality).name} (limit {limit}) at "
          f"{os.environ.get('PREFECT_API_URL', 'the configured Prefect API')} on {_gpu_text()}")
     sys.stdout.flush()
-    start_heartbeat(q)  # ops' "tier offline" automation listens for it
-    serve_until_stopped(lambda: serve(tier_task(q), limit=limit))
+    start_heartbeat(quality)  # ops' "tier offline" automation listens for it
+    serve_until_stopped(lambda: serve(tier_task(quality), limit=limit))
 
 
 # Waits between subscriptions after a failed one: short, as the server is usually back.

@@ -152,7 +152,7 @@ def test_a_take_cancelled_while_queued_leaves_the_queue_and_its_run_is_cancelled
         api: ApiServer, http: httpx.Client, workers: Workers, workspace: Path) -> None:
     workers.start()
     project_id = new_project(http, "Cancel Queued")
-    busy = add_t2i(http, project_id, steps=100, size=512)  # ~5 s: the other waits its turn
+    busy = add_t2i(http, project_id, steps=100, size=512)  # renders while the other waits
     node_id = add_t2i(http, project_id, steps=1)
     socket = api.socket(project_id)
     socket.click(busy)
