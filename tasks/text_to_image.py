@@ -34,6 +34,7 @@ from studio.workspace import Workspace
 from tasks import artifacts, events
 from tasks.cancel import CancelRequested, cancel_requested, clear_cancel
 from tasks.leases import STALE_AFTER_SECONDS, Lease, holder_gone, lease_age
+from tasks.prefect_retry import is_transient, retry_transient
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,32 @@ def artifact_key(job: TakeJob) -> str:
 
 
 def _record_artifacts(job: TakeJob, seed: int | None, timings: dict[str, float]) -> None:
+    """The take's record in Prefect, written after its file and project.json entry: a Prefect
+    restart meanwhile is waited out (as every call to Prefect is), and if Prefect stays away
+    the run still ends Completed, since the take is saved; the worker's log says what is
+    missing."""
+    label = take_label(job)
+    for what, create in (("image", lambda: _image_artifact(job)),
+                         ("parameters", lambda: _table_artifact(job, seed, timings))):
+        try:
+            retry_transient(create, f"recording the {what} artifact of {label}")
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("%s completed but its %s artifact is not in Prefect: %s",
+                        label, what, exc)
+
+
+def _image_artifact(job: TakeJob) -> None:
     url = artifacts.file_url(job.project_id, job.output_path)
+    create_image_artifact(image_url=url, key=artifacts.take_key(job),
+                          description=take_label(job))
+
+
+def _table_artifact(job: TakeJob, seed: int | None, timings: dict[str, float]) -> None:
     key = artifacts.take_key(job)
     label = take_label(job)
     steps, cfg = artifacts.describe_effective(job)
-    create_image_artifact(image_url=url, key=key, description=label)
     p = job.params
     rows = [
         ("take", label),

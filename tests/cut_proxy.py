@@ -30,13 +30,17 @@ class CutProxy:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        self._listen()
         self._ready.set()
         try:
             self._loop.run_forever()
         finally:
-            server.close()
+            if self._server is not None:
+                self._server.close()
+
+    def _listen(self) -> None:
+        self._server: asyncio.Server | None = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", self.port))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if time.monotonic() < self._refuse_until:
@@ -67,18 +71,38 @@ class CutProxy:
         self._writers -= {writer, up_writer}
 
     def cut(self, refuse_for: float) -> None:
-        """Drops every open connection now and refuses new ones for `refuse_for` seconds."""
+        """Drops every open connection now and closes new ones as soon as they are accepted,
+        for `refuse_for` seconds."""
         def drop() -> None:
             self._refuse_until = time.monotonic() + refuse_for
-            for writer in list(self._writers):
-                transport = writer.transport
-                transport.abort()  # a reset, not a polite close: the peer sees the link die
+            self._drop_connections()
 
         self._loop.call_soon_threadsafe(drop)
+
+    def go_down(self) -> None:
+        """Drops every open connection and stops listening until `restore()`: connections are
+        refused, as they are while the server is down (a restart)."""
+        def down() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            self._drop_connections()
+
+        self._loop.call_soon_threadsafe(down)
+
+    def _drop_connections(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()  # a reset, not a polite close: the peer sees the link die
 
     def restore(self) -> None:
         """New connections go through again."""
         self._refuse_until = 0.0
+
+        async def up() -> None:
+            if self._server is None:
+                self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+        asyncio.run_coroutine_threadsafe(up(), self._loop).result(timeout=10)
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

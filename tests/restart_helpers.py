@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -33,9 +34,19 @@ def runs_of(task_run_id: str) -> list[tuple[StateType, int]]:
     return asyncio.run(read())
 
 
-def completed_runs(task_run_id: str) -> list[int]:
-    """The run counts of the take's COMPLETED task runs: [1] when it rendered exactly once."""
-    return [count for state, count in runs_of(task_run_id) if state == StateType.COMPLETED]
+def assert_rendered_once_in_prefect(task_run_id: str, what: str, timeout: float = 90) -> None:
+    """Exactly one of the take's task runs is COMPLETED, run once. Polled: a worker's state
+    change that Prefect missed while restarting is resent when the worker reconnects (its events
+    client checks its unconfirmed events every 30 s), and recorded a moment later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = runs_of(task_run_id)
+        if [count for state, count in runs if state == StateType.COMPLETED] == [1]:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: Prefect shows its runs as {runs} (state, run count) "
+                                 f"after {timeout:.0f} s, not one COMPLETED run, run once")
+        time.sleep(1)
 
 
 class Reader:

@@ -115,7 +115,7 @@ def test_five_clicks_behind_a_busy_worker_see_their_places_go_down_and_render_in
         api: ApiServer, http: httpx.Client, workers: Workers) -> None:
     workers.start()
     project_id = new_project(http, "Five Behind")
-    busy = add_t2i(http, project_id, steps=40, prompt="keeps the worker busy")
+    busy = add_t2i(http, project_id, steps=40, size=1024, prompt="keeps the worker busy")
     node_id = add_t2i(http, project_id, steps=1)
     socket = api.socket(project_id)
     socket.click(busy)

@@ -97,10 +97,10 @@ def give_to_uid_1000(root: Path) -> None:
     subprocess.run(["chown", "-R", "1000:1000", str(root)], check=True)
 
 
-def _take(root: Path, steps: int = 2, loras: list | None = None):
+def _take(root: Path, steps: int = 2, loras: list | None = None, size: int = 256):
     store = ProjectStore(Workspace(root))
     project = store.create("Containers", "standard")
-    node = add_text_to_image(store, project.id, steps=steps)
+    node = add_text_to_image(store, project.id, steps=steps, size=size)
     job = prepare_take(store, project.id, node, quality_requested=Quality.standard,
                        quality_used=Quality.standard)
     if loras is not None:
@@ -164,7 +164,7 @@ def test_a_runner_container_killed_mid_take_fails_the_take_and_leaves_no_file(
 
     monkeypatch.setenv("STUDIO_CONTAINER_GPUS", "none")
     monkeypatch.setenv("STUDIO_WORKSPACE_VOLUME", VOLUME)
-    store, job = _take(workspace, steps=50)
+    store, job = _take(workspace, steps=100, size=1024)  # still rendering when it is killed
     outcome: list[BaseException] = []
 
     def render() -> None:

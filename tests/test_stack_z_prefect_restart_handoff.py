@@ -22,7 +22,7 @@ from tests.api_helpers import add_t2i, assert_no_worker_online, new_project, of_
 from tests.restart_helpers import (
     Reader,
     assert_no_take_announced_after_it_ended,
-    completed_runs,
+    assert_rendered_once_in_prefect,
     takes,
 )
 from tests.stack_helpers import wait_until
@@ -76,7 +76,7 @@ def test_clicks_handed_off_while_prefect_restarts_each_render_exactly_once(
                                                            for t in after)  # one file each
     for take in after:
         assert take["attempts"] == 1  # rendered once
-        assert completed_runs(take["task_run_id"]) == [1], take["number"]
+        assert_rendered_once_in_prefect(take["task_run_id"], f"take {take['number']}")
     got = socket.received
     assert not of_type("task_failed", got)
     successes = [s["result"]["take_id"] for s in of_type("task_success", got)]

@@ -88,7 +88,7 @@ def test_a_worker_killed_mid_take_is_restarted_and_its_take_retried_as_the_same_
     stack.wait_line("ready in", timeout=300)
     with stack.http() as http:
         project_id = new_project(http, "Killed Mid Take")
-        node_id = add_t2i(http, project_id, steps=60)
+        node_id = add_t2i(http, project_id, steps=60, size=1024)  # rendering when killed
         socket = stack.socket(project_id)
         socket.click(node_id)
         first = socket.until(is_("task_progress", node_id=node_id), timeout=120,
@@ -170,7 +170,7 @@ def test_a_take_whose_worker_is_killed_twice_fails_with_the_reason(stack: Stack)
                if _answers(stack.url) else False, 300, "the stack to be ready again")
     with stack.http() as http:
         project_id = new_project(http, "Killed Twice")
-        node_id = add_t2i(http, project_id, steps=80)
+        node_id = add_t2i(http, project_id, steps=80, size=1024)  # rendering when killed
         socket = stack.socket(project_id)
         wait_until(worker_ids, 300, "a standard worker")
         socket.click(node_id)
