@@ -86,9 +86,9 @@ def test_a_stack_stopped_with_takes_queued_renders_each_exactly_once_after_a_res
         stack.wait_line("ready in", timeout=300)
         with stack.http() as http:
             project_id = new_project(http, "Stopped With Takes")
-            # 1024x1024 at 100 steps (~9 s on the tiny model): the first take is still rendering
+            # 1024x1024 at 50 steps (~5 s on the tiny model): the first take is still rendering
             # while the other 5 are handed out (at 256x256 it took ~1 s and CI rendered it first).
-            node_id = add_t2i(http, project_id, steps=100, size=1024)
+            node_id = add_t2i(http, project_id, steps=50, size=1024)
             socket = stack.socket(project_id)
             reader = Reader(socket)
             for _ in range(6):
