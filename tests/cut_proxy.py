@@ -18,6 +18,7 @@ class CutProxy:
         self.event_streams = 0  # connections that asked for Prefect's event stream
         self._refuse_until = 0.0
         self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="cut-proxy")
@@ -30,17 +31,14 @@ class CutProxy:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._listen()
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", self.port))
         self._ready.set()
         try:
             self._loop.run_forever()
         finally:
             if self._server is not None:
                 self._server.close()
-
-    def _listen(self) -> None:
-        self._server: asyncio.Server | None = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", self.port))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if time.monotonic() < self._refuse_until:

@@ -87,9 +87,9 @@ def test_a_take_finished_while_prefect_is_unreachable_ends_completed_with_its_ar
                           "the take to end while Prefect is unreachable")
         time.sleep(3)  # the worker asks Prefect for the artifacts meanwhile, and is refused
         proxy.restore()
-        state = wait_until(lambda: _run_state(task_run_id) in (
-            StateType.COMPLETED, StateType.FAILED, StateType.CRASHED) and _run_state(task_run_id),
-            120, "Prefect to record how the run ended")
+        ended = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
+        state = wait_until(lambda: (s := _run_state(task_run_id)) in ended and s, 120,
+                           "Prefect to record how the run ended")
         artifacts = _artifact_types(artifact_key(job))  # written before the run completes
     finally:
         worker.kill()
