@@ -1,5 +1,6 @@
-"""What the restart and re-sync tests read back: a node's takes, every Prefect task run of a
-take, a socket's buffered messages, and whether an ended take was ever announced again."""
+"""What the restart and re-sync tests read back: a node's takes, a task run's state, every
+Prefect task run of a take, a socket's buffered messages, and whether an ended take was ever
+announced again."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ from tests.api_helpers import Message, Socket
 
 def takes(http: httpx.Client, project_id: str, node_id: str) -> list[dict[str, Any]]:
     return http.get(f"/api/projects/{project_id}/nodes/{node_id}/takes").json()
+
+
+def run_state(task_run_id: str) -> StateType | None:
+    """The state type Prefect shows for this task run now."""
+    async def read() -> StateType | None:
+        async with get_client() as client:
+            state = (await client.read_task_run(uuid.UUID(task_run_id))).state
+        return state.type if state else None
+
+    return asyncio.run(read())
 
 
 def runs_of(task_run_id: str) -> list[tuple[StateType, int]]:

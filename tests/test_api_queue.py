@@ -8,20 +8,18 @@ standard` started *after* the first click, a websockets client.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
 from scripts.local_prefect import LocalPrefectServer
 from studio.tiers import Quality
 from tests.api_helpers import ApiServer, add_t2i, assert_no_worker_online, is_, new_project, of_type
+from tests.restart_helpers import run_state, takes
 from tests.stack_helpers import Proc, start_tier_worker, studio_env, wait_until
 
 
@@ -64,18 +62,6 @@ def workers(workspace: Path, tiny_model_dir: Path,
 def http(api: ApiServer) -> Iterator[httpx.Client]:
     with api.client() as client:
         yield client
-
-
-def takes(http: httpx.Client, project_id: str, node_id: str) -> list[dict[str, Any]]:
-    return http.get(f"/api/projects/{project_id}/nodes/{node_id}/takes").json()
-
-
-def run_state(task_run_id: str) -> StateType:
-    async def read() -> StateType:
-        async with get_client() as client:
-            return (await client.read_task_run(uuid.UUID(task_run_id))).state.type
-
-    return asyncio.run(read())
 
 
 def test_a_click_before_any_worker_is_queued_with_a_reason_and_renders_when_one_comes(

@@ -28,6 +28,7 @@ from tasks.submit import submit_take
 from tasks.text_to_image import artifact_key
 from tests.api_helpers import assert_no_worker_online
 from tests.cut_proxy import CutProxy
+from tests.restart_helpers import run_state
 from tests.stack_helpers import add_text_to_image, start_tier_worker, studio_env, wait_until
 
 
@@ -35,15 +36,6 @@ def _take(store: ProjectStore, project_id: str, node_id: str, take_id: str) -> T
     take = store.load(project_id).get_node(node_id).get_take(take_id)
     assert take is not None
     return take
-
-
-def _run_state(task_run_id: str) -> StateType | None:
-    async def read() -> StateType | None:
-        async with get_client() as client:
-            state = (await client.read_task_run(task_run_id)).state
-        return state.type if state else None
-
-    return asyncio.run(read())
 
 
 def _artifact_types(key: str) -> list[str]:
@@ -88,7 +80,7 @@ def test_a_take_finished_while_prefect_is_unreachable_ends_completed_with_its_ar
         time.sleep(3)  # the worker asks Prefect for the artifacts meanwhile, and is refused
         proxy.restore()
         ended = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
-        state = wait_until(lambda: (s := _run_state(task_run_id)) in ended and s, 120,
+        state = wait_until(lambda: (s := run_state(task_run_id)) in ended and s, 120,
                            "Prefect to record how the run ended")
         artifacts = _artifact_types(artifact_key(job))  # written before the run completes
     finally:
